@@ -1,0 +1,105 @@
+"""amir-evaluate: score a checkpoint on the splits of any dataset file.
+
+    amir-evaluate ckpt_path=outputs/train/<run>/checkpoints/last.ckpt data.path=data/set.h5 [splits=[test]]
+
+Writes metrics.json, per_class.csv and confusion_matrix.{csv,png} into its own run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from amir_pl import report
+from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
+from amir_pl.data import H5DataModule
+from amir_pl.dataset_file import DatasetInfo
+from amir_pl.module import AmirModule
+
+
+def load_checkpoint(path: str | Path) -> AmirModule:
+    """Rebuild the trained module from a checkpoint written by amir-train."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmirError(f"ckpt_path={path}: no such file; point it at a .ckpt in a run's checkpoints/ folder")
+    try:
+        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated file, another project's checkpoint, ...
+        raise AmirError(
+            f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})"
+        ) from None
+
+
+def check_compatible(module: AmirModule, info: DatasetInfo, ckpt_path) -> None:
+    """Refuse a dataset whose classes or features differ from those the checkpoint was trained on."""
+    trained = module.hparams
+    problems = []
+    if list(trained["class_names"]) != list(info.class_names):
+        problems.append(f"classes {list(trained['class_names'])} (file: {list(info.class_names)})")
+    for name, value in info.features.as_dict().items():
+        if trained["features"].get(name) != value:
+            problems.append(f"{name}={trained['features'].get(name)!r} (file: {value!r})")
+    if problems:
+        raise AmirError(
+            f"ckpt_path={ckpt_path} does not match data.path={info.path}: the model was trained with "
+            + "; ".join(problems)
+            + ". Prepare the data with the model's settings or use a checkpoint trained on such data"
+        )
+
+
+def score_splits(
+    trainer: L.Trainer,
+    module: AmirModule,
+    datamodule: H5DataModule,
+    splits,
+    ckpt_path: str | None = None,
+) -> dict[str, dict]:
+    """Run the test loop on each split and return ``{split: metrics.json entry}``."""
+    summaries = {}
+    for split in splits:
+        datamodule.test_split = split
+        module.eval_split = split
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        summaries[split] = report.split_summary(module.results[split], module.class_names)
+    return summaries
+
+
+def finish(trainer: L.Trainer, summaries: dict, class_names, run_dir: Path) -> None:
+    """On rank 0: write the report files and print the per-class tables."""
+    if not trainer.is_global_zero or not summaries:
+        return
+    report.write_reports(run_dir, summaries, class_names)
+    for split, summary in summaries.items():
+        print(report.format_summary(split, summary))
+    print(f"reports: {run_dir}")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, dict]:
+    L.seed_everything(cfg.seed, workers=True)
+    module = load_checkpoint(cfg.ckpt_path)
+    datamodule: H5DataModule = instantiate(cfg.data)
+    info = datamodule.info
+    check_compatible(module, info, cfg.ckpt_path)
+    splits = list(cfg.splits) if cfg.get("splits") else list(info.splits)
+    missing = [split for split in splits if split not in info.splits]
+    if missing:
+        raise AmirError(f"splits={splits}: {info.path} has no {missing}; it has {list(info.splits)}")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    summaries = score_splits(trainer, module, datamodule, splits)
+    finish(trainer, summaries, info.class_names, Path(cfg.paths.output_dir))
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with user_errors("amir-evaluate"):
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

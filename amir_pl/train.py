@@ -1,0 +1,73 @@
+"""amir-train: fit the thesis ConvNet on a dataset file, then score the best checkpoint.
+
+    amir-train data.path=data/set.h5 [model=paper_as_run] [trainer=ddp trainer.devices=4] [experiment=paper]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from amir_pl.cli import CONFIG_DIR, user_errors
+from amir_pl.data import H5DataModule
+from amir_pl.evaluate import finish, score_splits
+from amir_pl.module import AmirModule
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, dict]:
+    """Fit, then score ``cfg.test_splits`` with the best checkpoint; returns the metrics.json entries."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: H5DataModule = instantiate(cfg.data)
+    info = datamodule.info
+    module = AmirModule(
+        net=cfg.model,
+        optimizer=cfg.optimizer,
+        class_names=info.class_names,
+        features=info.features.as_dict(),
+        input_shape=info.input_shape,
+        **cfg.get("module", {}),
+    )
+    checkpoint_cfg = cfg.get("callbacks", {}).get("model_checkpoint")
+    if not datamodule.has_split("val") and checkpoint_cfg is not None and checkpoint_cfg.get("monitor"):
+        log.warning("%s has no 'val' split: no validation; keeping the last checkpoint only", info.path)
+        with open_dict(cfg):
+            checkpoint_cfg.monitor = None
+            checkpoint_cfg.filename = "epoch{epoch:03d}"
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt_path = best or ("last" if trainer.checkpoint_callback else None)
+    splits = [split for split in cfg.get("test_splits") or [] if datamodule.has_split(split)]
+    summaries = score_splits(trainer, module, datamodule, splits, ckpt_path=ckpt_path)
+    run_dir = Path(cfg.paths.output_dir)
+    finish(trainer, summaries, info.class_names, run_dir)
+    if trainer.is_global_zero:
+        print(f"best checkpoint: {best or 'none (no validation)'}")
+        if any(hasattr(logger, "log_dir") for logger in loggers):
+            print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    with user_errors("amir-train"):
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()

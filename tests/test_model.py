@@ -1,0 +1,95 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from amir_pl.model import ModelConfigError, SegalConvNet
+
+
+def test_thesis_shapes_and_4608_flatten():
+    net = SegalConvNet(input_shape=(128, 130), num_classes=12)
+    x = torch.randn(2, 128, 130)
+    assert net.num_features == 64 * 8 * 9 == 4608
+    assert net.features(net.norm(x.unsqueeze(1))).shape == (2, 64, 8, 9)
+    assert net.fc[1].in_features == 4608 and net.fc[1].out_features == 1024
+    assert net(x).shape == (2, 12)
+    assert net(x.unsqueeze(1)).shape == (2, 12)  # (batch, 1, mels, frames) works too
+
+
+def test_shape_and_classes_come_from_arguments():
+    net = SegalConvNet(input_shape=(32, 33), num_classes=5)
+    assert net.num_features == 64 * 2 * 3
+    assert net(torch.randn(3, 32, 33)).shape == (3, 5)
+
+
+def _dropout_sites(net: nn.Module) -> dict[str, float]:
+    """{site: p} for every Dropout module in the net, the site being its block's name."""
+    sites = {}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Dropout):
+            sites[name.split(".")[-2]] = module.p
+    return sites
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "expected"),
+    [
+        ("paper", [], {"conv2": 0.5, "conv3": 0.5, "conv4": 0.5, "fc": 0.5}),
+        ("paper_as_run", [], {"conv3": 0.5, "conv4": 0.5, "fc": 0.5}),
+        ("paper", ["model.dropout.conv2=0", "model.dropout.fc=0.3"], {"conv3": 0.5, "conv4": 0.5, "fc": 0.3}),
+        ("paper", ["model.dropout.conv1=0.2", "model.dropout.conv2=0", "model.dropout.conv3=0",
+                   "model.dropout.conv4=0", "model.dropout.fc=0"], {"conv1": 0.2}),
+    ],
+)
+def test_dropout_exactly_where_configured(compose_cfg, model, overrides, expected):
+    cfg = compose_cfg("train", [f"model={model}", "data.path=x.h5", *overrides])
+    net = instantiate(cfg.model, input_shape=(128, 130), num_classes=12)
+    assert _dropout_sites(net) == expected
+    # and each Dropout sits after its block's pool (conv) or after the ReLU (fc)
+    for site in expected:
+        block = net.fc if site == "fc" else getattr(net.features, site)
+        assert isinstance(block[-1], nn.Dropout)
+        assert isinstance(block[-2], nn.MaxPool2d if site != "fc" else nn.ReLU)
+
+
+def test_unknown_dropout_layer_is_refused():
+    with pytest.raises(ModelConfigError, match="conv5"):
+        SegalConvNet((128, 130), 12, dropout={"conv5": 0.5})
+    with pytest.raises(ModelConfigError, match="must be in"):
+        SegalConvNet((128, 130), 12, dropout={"fc": 1.5})
+
+
+def test_running_norm_prediction_does_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    net = SegalConvNet((32, 33), 5, input_norm="running")
+    net.train()
+    for _ in range(3):  # accumulate running statistics
+        net(torch.rand(8, 32, 33) * 3)
+    net.eval()
+    clip, others = torch.rand(1, 32, 33), torch.rand(7, 32, 33) * 10
+    alone = net(clip)
+    in_batch = net(torch.cat([clip, others]))[:1]
+    torch.testing.assert_close(alone, in_batch)
+
+
+def test_batch_norm_mode_uses_each_batch_statistics_at_eval_as_the_thesis_did():
+    torch.manual_seed(0)
+    net = SegalConvNet((32, 33), 5, input_norm="batch").eval()
+    clip = torch.rand(1, 32, 33)
+    alone = net(torch.cat([clip, clip * 0.5]))[:1]
+    in_batch = net(torch.cat([clip, torch.rand(7, 32, 33) * 10]))[:1]
+    assert not torch.allclose(alone, in_batch)
+    norm = net.norm
+    assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == 1 and norm.running_mean is None
+    assert norm.weight.numel() == 1 and norm.bias.numel() == 1  # trainable scalar gain and bias
+
+
+def test_thesis_init():
+    net = SegalConvNet((128, 130), 12, init="thesis")
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            assert module.weight.abs().max() <= 0.2 + 1e-6  # truncated at two standard deviations
+            assert 0.08 < module.weight.std() < 0.1  # a normal truncated at 2 sd has sd 0.088
+            assert torch.all(module.bias == 0.1)
+    default = SegalConvNet((128, 130), 12, init="pytorch")
+    assert not torch.all(default.classifier.bias == 0.1)

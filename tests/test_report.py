@@ -1,0 +1,66 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from amir_pl import report
+from amir_pl.module import classification_metrics
+
+CLASSES = ["drums", "flute", "piano"]
+# rows true, columns predicted:
+#   drums: 2 right, 1 as flute; flute: 1 right, 1 as piano; piano: 1 right
+TARGETS = torch.tensor([0, 0, 0, 1, 1, 2])
+PREDICTIONS = torch.tensor([0, 0, 1, 1, 2, 2])
+MATRIX = [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+PRECISION = [2 / 2, 1 / 2, 1 / 2]  # column sums 2, 2, 2
+RECALL = [2 / 3, 1 / 2, 1 / 1]  # row sums 3, 2, 1
+F1 = [2 * p * r / (p + r) for p, r in zip(PRECISION, RECALL)]
+
+
+def _summary():
+    metrics = classification_metrics(len(CLASSES))
+    logits = torch.nn.functional.one_hot(PREDICTIONS, len(CLASSES)).float()
+    # update in two batches, as an evaluation loop would
+    metrics.update(logits[:4], TARGETS[:4])
+    metrics.update(logits[4:], TARGETS[4:])
+    return report.split_summary(metrics.compute(), CLASSES)
+
+
+def test_metrics_json_equals_hand_worked_confusion_matrix(tmp_path):
+    report.write_reports(tmp_path, {"test": _summary()}, CLASSES)
+    test = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert test["n"] == 6
+    assert test["confusion_matrix"] == MATRIX
+    assert test["accuracy"] == pytest.approx(4 / 6)
+    assert test["top1_error"] == pytest.approx(2 / 6)
+    assert test["precision_macro"] == pytest.approx(sum(PRECISION) / 3)
+    assert test["recall_macro"] == pytest.approx(sum(RECALL) / 3)
+    assert test["f1_macro"] == pytest.approx(sum(F1) / 3)
+    for i, name in enumerate(CLASSES):
+        assert test["per_class"][name] == pytest.approx(
+            {"precision": PRECISION[i], "recall": RECALL[i], "f1": F1[i], "support": [3, 2, 1][i]}
+        )
+
+
+def test_csv_and_png_reports(tmp_path):
+    summary = _summary()
+    report.write_reports(tmp_path, {"val": summary, "test": summary}, CLASSES)
+    rows = list(csv.reader((tmp_path / "per_class.csv").open()))
+    assert rows[0] == ["split", "class", "precision", "recall", "f1", "support"]
+    assert rows[1] == ["val", "drums", "1.0000", "0.6667", "0.8000", "3"]
+    assert rows[4] == ["val", "average (macro)", "0.6667", "0.7222", "0.6556", "6"]
+    assert len(rows) == 1 + 2 * (len(CLASSES) + 1)
+    matrix_rows = list(csv.reader((tmp_path / "confusion_matrix.csv").open()))
+    assert matrix_rows[0] == ["split", "true \\ predicted", *CLASSES]
+    assert [list(map(int, row[2:])) for row in matrix_rows[1:4]] == MATRIX
+    assert matrix_rows[5][:2] == ["test", "flute"]
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_console_table_lists_every_class():
+    text = report.format_summary("test", _summary())
+    assert "top-1 error 33.33%" in text
+    for name in CLASSES:
+        assert name in text
