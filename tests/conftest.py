@@ -49,6 +49,7 @@ def compose_cfg(tmp_path):
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path)
+            del cfg.hydra  # the app's own config holds no hydra node
         return cfg
 
     yield _compose

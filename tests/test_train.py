@@ -1,0 +1,148 @@
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from amir_pl.evaluate import evaluate
+from amir_pl.report import REPORT_FILES
+from amir_pl.train import train
+from conftest import FAST, TINY_CLASSES, TINY_SPLITS, run_console_script
+
+N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_fit_learns_and_reports(compose_cfg, tiny_h5, tmp_path):
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=4"])
+    summaries = train(cfg)
+    test = summaries["test"]
+    assert test["n"] == N_TEST
+    assert test["top1_error"] < 0.4  # chance is 0.8 for 5 classes; the synthetic classes are easy
+    assert _metrics(tmp_path) == json.loads(json.dumps(summaries))
+    for name in REPORT_FILES:
+        assert (tmp_path / name).is_file()
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+
+
+def test_tensorboard_has_curves_images_tables_and_hparams(compose_cfg, tiny_h5, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2"]))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/top1_error", "val/loss", "val/top1_error", "val/f1_macro",
+                "test/loss", "test/top1_error", "test/f1_macro"):
+        assert tag in tags["scalars"], tag
+    assert len(events.Scalars("val/top1_error")) == 2  # one per epoch
+    assert "val/confusion_matrix" in tags["images"] and len(events.Images("val/confusion_matrix")) == 2
+    assert any(tag.startswith("val/per_class") for tag in tags["tensors"])
+    hparams = OmegaConf.load(tmp_path / "tensorboard" / "hparams.yaml")
+    assert hparams.optimizer.lr == 1e-3 and hparams.data.batch_size == 16
+
+
+def test_no_val_split_keeps_last_checkpoint(compose_cfg, tmp_path):
+    from amir_pl.dataset_file import write_synthetic
+    from conftest import TINY_FEATURES
+
+    path = write_synthetic(tmp_path / "noval.h5", {"train": 4, "test": 2}, class_names=TINY_CLASSES[:3],
+                           features=TINY_FEATURES)
+    summaries = train(compose_cfg("train", [f"data.path={path}", *FAST, "trainer.max_epochs=1"]))
+    assert summaries["test"]["n"] == 6
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_console_scripts_train_then_evaluate_reproduces_test_figures(tiny_h5, tmp_path):
+    train_dir, eval_dir = tmp_path / "train_run", tmp_path / "eval_run"
+    result = run_console_script("amir-train", f"data.path={tiny_h5}", *FAST, f"hydra.run.dir={train_dir}",
+                                cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in REPORT_FILES:
+        assert (train_dir / name).is_file()
+    assert list((train_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (train_dir / ".hydra" / "config.yaml").is_file()
+    assert "top-1 error" in result.stdout and "tensorboard --logdir" in result.stdout
+    trained = _metrics(train_dir)
+    assert set(trained) == {"test"} and trained["test"]["n"] == N_TEST
+
+    best = next((train_dir / "checkpoints").glob("epoch*.ckpt"))
+    result = run_console_script("amir-evaluate", f"ckpt_path={best}", f"data.path={tiny_h5}",
+                                f"hydra.run.dir={eval_dir}", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = _metrics(eval_dir)
+    assert set(evaluated) == {"train", "val", "test"}
+    assert evaluated["test"] == trained["test"]
+    assert evaluated["train"]["n"] == TINY_SPLITS["train"] * len(TINY_CLASSES)
+    for name in REPORT_FILES:
+        assert (eval_dir / name).is_file()
+
+
+def test_evaluate_refuses_mismatched_data(compose_cfg, tiny_h5, tmp_path):
+    from amir_pl.cli import AmirError
+    from amir_pl.dataset_file import write_synthetic
+    from conftest import TINY_FEATURES
+
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1"]))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    other = write_synthetic(tmp_path / "other.h5", 2, class_names=TINY_CLASSES[::-1], features=TINY_FEATURES)
+    cfg = compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={other}", "data.num_workers=0"])
+    with pytest.raises(AmirError, match="does not match"):
+        evaluate(cfg)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    cfg = compose_cfg("evaluate", [f"ckpt_path={broken}", f"data.path={tiny_h5}", "data.num_workers=0"])
+    with pytest.raises(AmirError, match="not a readable amir-pl checkpoint"):
+        evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_ddp_cpu_counts_every_test_clip_once(tiny_h5, tmp_path):
+    run_dir = tmp_path / "ddp_run"
+    result = run_console_script("amir-train", f"data.path={tiny_h5}", "trainer=ddp_cpu", *FAST,
+                                "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    test = _metrics(run_dir)["test"]
+    # 35 clips over 2 ranks (17 + 18): padding or duplication would make this 36
+    assert test["n"] == N_TEST
+    assert sum(map(sum, test["confusion_matrix"])) == N_TEST
+    assert all(c["support"] == TINY_SPLITS["test"] for c in test["per_class"].values())
+
+
+@pytest.mark.slow
+def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_text("this is not HDF5")
+    result = run_console_script("amir-train", f"data.path={bad}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"amir-train: error: {bad}: not a readable HDF5 file" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_console_script("amir-train", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    assert result.returncode == 2 and "data.path is required" in result.stderr
+
+
+def test_paper_experiment_and_overrides_compose(compose_cfg):
+    cfg = compose_cfg("train", ["experiment=paper", "data.path=x.h5"])
+    assert cfg.trainer.max_epochs == 30 and cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-4
+    assert cfg.model.input_norm == "batch" and cfg.model.init == "thesis" and cfg.module.loss_reduction == "sum"
+    assert dict(cfg.model.dropout) == {"conv1": 0.0, "conv2": 0.5, "conv3": 0.5, "conv4": 0.5, "fc": 0.5}
+    cfg = compose_cfg("train", ["data.path=data/set.h5", "model.dropout.conv2=0", "optimizer.lr=3e-4",
+                                "trainer=ddp", "trainer.devices=4"])
+    assert cfg.model.dropout.conv2 == 0 and cfg.optimizer.lr == 3e-4
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.trainer.accelerator == "gpu"
+    assert compose_cfg("train", ["data.path=x"]).trainer.accelerator == "auto"
+    assert compose_cfg("train", ["data.path=x", "trainer=gpu"]).trainer.precision == "bf16-mixed"
+    assert not compose_cfg("train", ["data.path=x", "trainer=ddp_cpu"]).trainer.use_distributed_sampler
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_fit(compose_cfg, tiny_h5, tmp_path):
+    summaries = train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.num_workers=2"]))
+    assert summaries["test"]["n"] == N_TEST
+    assert summaries["test"]["top1_error"] < 0.4
