@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from contextlib import contextmanager
 
@@ -26,7 +27,12 @@ def _user_error(error: BaseException) -> BaseException | None:
 
 @contextmanager
 def user_errors(app: str):
-    """Turn AmirError and missing mandatory options into ``<app>: error: ...`` and exit status 2."""
+    """Turn AmirError and missing mandatory options into ``<app>: error: ...`` and exit status 2.
+
+    Also silences a deprecation warning that Lightning 2.6 triggers inside torch >= 2.10
+    at every loop start (``isinstance(treespec, LeafSpec)``): it is not the user's to fix.
+    """
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         yield
     except Exception as error:

@@ -42,20 +42,24 @@ class H5ClipDataset(Dataset):
         self.length = length
         self._handle: h5py.File | None = None
         self._pid: int | None = None
+        self._x: h5py.Dataset | None = None
+        self._y: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.length
 
-    def _open(self) -> tuple[h5py.Dataset, h5py.Dataset]:
+    def _open(self) -> tuple[h5py.Dataset, np.ndarray]:
+        """The clips (read on demand) and the labels (8 bytes a clip: read once per process)."""
         if self._handle is None or self._pid != os.getpid():
             self._handle = h5py.File(self.path, "r")
             self._pid = os.getpid()
-        group = self._handle[self.split]
-        return group["x"], group["y"]
+            group = self._handle[self.split]
+            self._x, self._y = group["x"], group["y"][()].astype(np.int64)
+        return self._x, self._y
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handle"] = state["_pid"] = None
+        state["_handle"] = state["_pid"] = state["_x"] = state["_y"] = None
         return state
 
     def __getitem__(self, index: int):
@@ -63,28 +67,34 @@ class H5ClipDataset(Dataset):
         return x[0], y[0]
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        x_data, y_data = self._open()
+        x_data, labels = self._open()
         indices = np.asarray(indices, dtype=np.int64)
         order = np.argsort(indices, kind="stable")
         sorted_indices = indices[order]
-        x = torch.empty((len(indices), *x_data.shape[1:]), dtype=_torch_dtype(x_data.dtype))
-        y = torch.empty(len(indices), dtype=torch.int64)
-        x_np, y_np = x.numpy(), y.numpy()
-        # Split the sorted indices into runs of consecutive clips; one read per run.
-        breaks = np.flatnonzero(np.diff(sorted_indices) != 1) + 1
-        for run in np.split(np.arange(len(indices)), breaks):
-            first, last = sorted_indices[run[0]], sorted_indices[run[-1]] + 1
-            if last - first != len(run):  # repeated indices: read them one by one
-                for position in run:
-                    x_np[position] = x_data[sorted_indices[position]]
-                    y_np[position] = y_data[sorted_indices[position]]
-                continue
-            x_data.read_direct(x_np, np.s_[first:last], np.s_[run[0] : run[-1] + 1])
-            y_np[run[0] : run[-1] + 1] = y_data[first:last]
+        x = _batch_buffer((len(indices), *x_data.shape[1:]), _torch_dtype(x_data.dtype))
+        x_np = x.numpy()
+        # Cut the sorted indices into runs of consecutive clips (a repeated index starts a
+        # new run); one contiguous read per run.
+        starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
+        for begin, end in zip(starts, [*starts[1:], len(indices)]):
+            first = sorted_indices[begin]
+            x_data.read_direct(x_np, np.s_[first : first + end - begin], np.s_[begin:end])
         if not np.array_equal(order, np.arange(len(indices))):
-            inverse = torch.from_numpy(np.argsort(order))
-            x, y = x[inverse], y[inverse]
-        return x, y
+            x = x[torch.from_numpy(np.argsort(order))]
+        return x, torch.from_numpy(labels[indices])
+
+
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch tensor; in a DataLoader worker, allocated in shared memory.
+
+    The worker reads straight into it, so handing the batch to the main process
+    moves no data (the same trick as torch's ``default_collate``).
+    """
+    empty = torch.empty(0, dtype=dtype)
+    if torch.utils.data.get_worker_info() is None:
+        return empty.new_empty(shape)
+    storage = empty._typed_storage()._new_shared(math.prod(shape))
+    return empty.new(storage).view(shape)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,8 +47,7 @@ def split_summary(values: Mapping[str, torch.Tensor], class_names: Sequence[str]
 
 def _atomic_write(path: Path, write) -> None:
     """Write via a temporary file in the same folder, then rename: a reader never sees half a file."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,194 @@
+"""amir-bench: measure what the README's speed and memory figures claim.
+
+    amir-bench                          # every benchmark below
+    amir-bench benches=[loader]         # one of them
+    amir-bench loader.clips=[20000,100000] overhead.steps=50
+
+- ``loader``: training DataLoader throughput (shuffled, collated tensors) over a
+  generated float16 file, for each file size and read-run length, with the
+  peak resident memory of the main process and of each worker.
+- ``overhead``: ``Trainer.fit`` step rate against a bare PyTorch loop over the
+  same model and the same batches, side by side in one run.
+
+Results go to stdout and to ``bench.json`` in the run directory. Tests never time anything.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from amir_pl.cli import CONFIG_DIR, user_errors
+from amir_pl.data import H5DataModule
+from amir_pl.dataset_file import FeatureParams, write_synthetic
+from amir_pl.module import AmirModule
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set size (VmHWM) of a live process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _loader_epoch(path: str, batch_size: int, num_workers: int, read_run: int | None, epochs: int, queue) -> None:
+    """Run in a fresh process so that its peak memory belongs to this measurement alone."""
+    multiprocessing.set_start_method("fork", force=True)  # workers start as in training, not re-spawned
+    baseline = peak_rss_mb()  # the interpreter with torch, Lightning and h5py imported
+    datamodule = H5DataModule(path, batch_size=batch_size, num_workers=num_workers, read_run=read_run,
+                              pin_memory=False, persistent_workers=True)
+    loader = datamodule.train_dataloader()
+    rates = []
+    for epoch in range(epochs):
+        loader.batch_sampler.set_epoch(epoch)
+        start, clips = time.perf_counter(), 0
+        iterator = iter(loader)
+        for x, _ in iterator:
+            clips += len(x)
+        rates.append(clips / (time.perf_counter() - start))
+    workers = getattr(iterator, "_workers", [])
+    queue.put(
+        {
+            "clips_per_s_each_epoch": [round(r) for r in rates],
+            "rss_mb_after_imports": round(baseline, 1),
+            "peak_rss_mb_main": round(peak_rss_mb(), 1),
+            "peak_rss_mb_workers": [round(peak_rss_mb(w.pid), 1) for w in workers],
+        }
+    )
+
+
+def bench_loader(cfg: DictConfig, work_dir: Path) -> list[dict]:
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for clips in cfg.clips:
+        path = work_dir / f"bench_{clips}.h5"
+        per_class = -(-clips // 12)
+        write_synthetic(path, {"train": per_class}, features=FeatureParams(), overwrite=True)
+        try:
+            for num_workers in cfg.num_workers:
+                for read_run in cfg.read_runs:
+                    queue = context.Queue()
+                    process = context.Process(
+                        target=_loader_epoch,
+                        args=(str(path), cfg.batch_size, num_workers, read_run, cfg.epochs, queue),
+                    )
+                    process.start()
+                    result = queue.get()
+                    process.join()
+                    row = {"clips": per_class * 12, "file_gb": round(path.stat().st_size / 1e9, 2),
+                           "num_workers": num_workers, "read_run": read_run or "chunk",
+                           "batch_size": cfg.batch_size, **result}
+                    rows.append(row)
+                    print(f"loader: {row}", flush=True)
+        finally:
+            if not cfg.keep_files:
+                path.unlink(missing_ok=True)
+    return rows
+
+
+class _Batches:
+    """The same in-memory batches for both loops (a list would read as several dataloaders to Lightning)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class _StepTimer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _synchronize()
+        self.end = time.perf_counter()
+
+
+def _synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    shape = tuple(cfg.input_shape)
+    batches = [
+        (torch.randn(cfg.batch_size, *shape).half(), torch.randint(0, 12, (cfg.batch_size,)))
+        for _ in range(cfg.steps)
+    ]
+    module_args = dict(
+        net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+        class_names=[str(i) for i in range(12)], features={}, input_shape=shape,
+    )
+
+    # Bare PyTorch: the same net, loss and optimiser, no Lightning.
+    net = AmirModule(**module_args).net.to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    for step, (x, y) in enumerate(batches):
+        if step == cfg.warmup:
+            _synchronize()
+            start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x.float()), y)
+        loss.backward()
+        optimizer.step()
+    _synchronize()
+    bare = (cfg.steps - cfg.warmup) / (time.perf_counter() - start)
+
+    timer = _StepTimer(cfg.warmup)
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        use_distributed_sampler=False,
+    )
+    trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
+    lightning = (cfg.steps - cfg.warmup) / (timer.end - timer.start)
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "batch_size": cfg.batch_size, "input_shape": list(shape), "timed_steps": cfg.steps - cfg.warmup,
+        "bare_steps_per_s": round(bare, 3), "lightning_steps_per_s": round(lightning, 3),
+        "lightning_over_bare": round(lightning / bare, 3),
+    }
+    print(f"overhead: {result}", flush=True)
+    return result
+
+
+def bench(cfg: DictConfig) -> dict:
+    out_dir = Path(cfg.paths.output_dir)
+    results = {}
+    if "loader" in cfg.benches:
+        results["loader"] = bench_loader(cfg.loader, Path(cfg.loader.work_dir or out_dir))
+    if "overhead" in cfg.benches:
+        results["overhead"] = bench_overhead(cfg.overhead, cfg.model)
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out_dir / 'bench.json'}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
+def main(cfg: DictConfig) -> None:
+    with user_errors("amir-bench"):
+        bench(cfg)
+
+
+if __name__ == "__main__":
+    main()
