@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,8 +124,9 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
     assert result.returncode == 2
     assert f"amir-train: error: {bad}: not a readable HDF5 file" in result.stderr
     assert "Traceback" not in result.stderr
-    result = run_console_script("amir-train", f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
-    assert result.returncode == 2 and "data.path is required" in result.stderr
+    module_run = subprocess.run([sys.executable, "-m", "amir_pl.train", f"hydra.run.dir={tmp_path / 'run2'}"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert module_run.returncode == 2 and "amir-train: error: data.path is required" in module_run.stderr
 
 
 def test_paper_experiment_and_overrides_compose(compose_cfg):
