@@ -1,0 +1,186 @@
+"""The audio front end shared by amir-prepare and amir-predict.
+
+decode (soundfile) -> mono -> resample with an anti-aliasing low-pass (torchaudio)
+-> 3 s clips -> RMS gate -> mel spectrogram (torchaudio, librosa's defaults).
+
+Files are read in blocks of whole clips, so a two-hour recording never sits in
+memory at once. Each block is resampled with a margin of real neighbouring
+audio on both sides that is then cut away, so block-wise resampling equals
+resampling the whole file (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+from amir_pl.cli import AmirError
+from amir_pl.dataset_file import FeatureParams
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
+
+
+class AudioError(AmirError):
+    """A file that cannot be decoded; the message says why."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def probe(path: str | Path) -> AudioInfo:
+    """Read a file's header; AudioError if soundfile cannot read it or it holds no samples."""
+    path = Path(path)
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise AudioError(f"not readable audio ({_short(error)})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError("holds no samples")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def _short(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+
+
+@dataclass
+class Block:
+    """Consecutive clips of one file: waveforms at the target rate and their offsets."""
+
+    clips: torch.Tensor  # (k, clip_samples) float32 mono
+    offsets: list[float]  # seconds into the file of each clip
+    nonfinite: int  # samples that were NaN or +-Inf in the decoded audio (set to 0)
+
+
+def clip_count(info: AudioInfo, features: FeatureParams) -> int:
+    """Whole clips in the file (a shorter tail is dropped)."""
+    clip_seconds = features.clip_samples / features.sample_rate
+    return int(math.floor(info.seconds / clip_seconds + 1e-9))
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    # torchaudio's windowed-sinc resampler; its low-pass cuts at 0.99 x the lower Nyquist rate.
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def _margin(orig: int, new: int) -> int:
+    """Input samples of real context on each side of a block: >= 20 ms, a multiple of orig/gcd."""
+    step = orig // math.gcd(orig, new)
+    return step * math.ceil(0.02 * orig / step)
+
+
+def read_clips(
+    info: AudioInfo, features: FeatureParams, first_clip: int = 0, n_clips: int | None = None, block_clips: int = 16
+) -> Iterator[Block]:
+    """Yield the file's clips ``first_clip .. first_clip + n_clips`` in blocks, at the target rate.
+
+    Mono is the mean of the channels. Non-finite samples are set to 0 (and
+    counted). Raises AudioError when decoding fails part-way.
+    """
+    orig, new = info.sample_rate, features.sample_rate
+    clip_seconds = features.clip_samples / new
+    clip_in = features.clip_samples * orig / new  # input samples per clip (may be fractional)
+    total = clip_count(info, features)
+    last = total if n_clips is None else min(total, first_clip + n_clips)
+    margin = _margin(orig, new) if orig != new else 0
+    try:
+        with soundfile.SoundFile(str(info.path)) as handle:
+            for start_clip in range(first_clip, last, block_clips):
+                stop_clip = min(start_clip + block_clips, last)
+                begin = round(start_clip * clip_in)
+                end = round(stop_clip * clip_in)
+                audio, nonfinite = _read_mono(handle, begin - margin, end + margin, info.frames)
+                waveform = torch.from_numpy(audio)
+                if orig != new:
+                    waveform = _resampler(orig, new)(waveform)
+                    cut = margin * new // orig
+                    waveform = waveform[cut:]
+                n = stop_clip - start_clip
+                needed = n * features.clip_samples
+                if waveform.numel() < needed:  # rounding at the very end of the file
+                    waveform = torch.nn.functional.pad(waveform, (0, needed - waveform.numel()))
+                clips = waveform[:needed].reshape(n, features.clip_samples)
+                yield Block(clips, [c * clip_seconds for c in range(start_clip, stop_clip)], nonfinite)
+    except AudioError:
+        raise
+    except Exception as error:
+        raise AudioError(f"decoding failed ({_short(error)})") from None
+
+
+def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -> tuple[np.ndarray, int]:
+    """Samples ``begin..end`` as float32 mono, zeros outside the file; and the count of non-finite samples."""
+    out = np.zeros(end - begin, dtype=np.float32)
+    lo, hi = max(begin, 0), min(end, frames)
+    if hi > lo:
+        handle.seek(lo)
+        data = handle.read(hi - lo, dtype="float32", always_2d=True)
+        if len(data) < hi - lo:
+            raise AudioError(f"file ends after {(lo + len(data)) / handle.samplerate:.2f} s, "
+                             f"its header says {frames / handle.samplerate:.2f} s")
+        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        out[lo - begin : hi - begin] = mono
+    bad = ~np.isfinite(out)
+    nonfinite = int(bad.sum())
+    if nonfinite:
+        out[bad] = 0.0
+    return out, nonfinite
+
+
+def frame_rms(clips: torch.Tensor, frame_length: int = 2048, hop_length: int = 512) -> torch.Tensor:
+    """Mean over frames of each clip's frame RMS, as ``librosa.feature.rms(y).mean()`` (centred, zero-padded)."""
+    padded = torch.nn.functional.pad(clips, (frame_length // 2, frame_length // 2))
+    frames = padded.unfold(-1, frame_length, hop_length)
+    return frames.pow(2).mean(dim=-1).sqrt().mean(dim=-1)
+
+
+class MelFrontEnd(torch.nn.Module):
+    """Waveform clips (k, clip_samples) -> mel spectrograms (k, n_mels, frames), as the dataset stores them.
+
+    With the thesis's parameters this equals ``librosa.feature.melspectrogram(y=y, sr=22050)``:
+    periodic Hann window, centred frames padded with zeros, |STFT|^2, Slaney mel
+    scale and Slaney area normalisation. ``scale="db"`` applies
+    ``10 log10(max(S, 1e-10))`` clipped at 80 dB below each clip's peak, as ``librosa.power_to_db``.
+    """
+
+    def __init__(self, features: FeatureParams):
+        super().__init__()
+        self.features = features
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=features.sample_rate,
+            n_fft=features.n_fft,
+            hop_length=features.hop_length,
+            f_min=features.f_min,
+            f_max=features.f_max,
+            n_mels=features.n_mels,
+            power=features.power,
+            center=True,
+            pad_mode="constant",
+            norm="slaney",
+            mel_scale=features.mel_scale,
+        )
+        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0) if features.scale == "db" else None
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        spec = self.mel(clips)
+        if self.to_db is not None:
+            # (k, 1, mels, frames): AmplitudeToDB takes the 80 dB floor per item of the leading dimension.
+            spec = self.to_db(spec.unsqueeze(1)).squeeze(1)
+        return spec
