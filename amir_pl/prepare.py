@@ -270,10 +270,9 @@ def prepare(cfg: DictConfig) -> dict:
     if not recordings:
         raise AmirError(f"source={source}: no audio files of the classes {class_names} found "
                         f"(extensions {', '.join(AUDIO_EXTENSIONS)})")
-    recordings = assign_splits(recordings, dict(cfg.split_fractions), cfg.seed)
-
-    infos = []
-    for index, recording in enumerate(recordings):
+    files_found = len(recordings)
+    usable, probed = [], []
+    for recording in recordings:  # read headers first, so that splits are made among usable files
         try:
             info = probe(recording.path)
         except AudioError as error:
@@ -282,8 +281,13 @@ def prepare(cfg: DictConfig) -> dict:
         if clip_count(info, features) == 0:
             skipped.append({"file": recording.source, "reason": f"shorter than one clip ({info.seconds:.2f} s < {cfg.clip_seconds} s)"})
             continue
-        infos.append((index, info))
-    tasks = make_tasks(infos, features, cfg.clips_per_task)
+        usable.append(recording)
+        probed.append(info)
+    if not usable:
+        raise AmirError(f"source={source}: none of the {len(recordings)} audio files is readable and at least "
+                        f"{cfg.clip_seconds} s long; see the skipped files: {skipped[:5]}")
+    recordings = assign_splits(usable, dict(cfg.split_fractions), cfg.seed)
+    tasks = make_tasks(list(enumerate(probed)), features, cfg.clips_per_task)
 
     label_index = {name: i for i, name in enumerate(class_names)}
     per_file = defaultdict(lambda: {"clips": 0, "silent": 0, "nonfinite": 0, "overflow": 0, "errors": []})
@@ -312,7 +316,7 @@ def prepare(cfg: DictConfig) -> dict:
             bar.update(result.task.n_clips)
             if result.task.first_clip + result.task.n_clips >= clip_count(result.task.info, features):
                 files_done += 1
-                bar.set_postfix(files=f"{files_done}/{len(infos)}")
+                bar.set_postfix(files=f"{files_done}/{len(probed)}")
         bar.close()
         if not written:
             raise AmirError(f"source={source}: no usable clips (every clip was silent or unreadable); "
@@ -337,7 +341,7 @@ def prepare(cfg: DictConfig) -> dict:
     report = {
         "source": str(source),
         "output": str(output.resolve()),
-        "files_found": len(recordings),
+        "files_found": files_found,
         "files_used": sum(1 for s in per_file.values() if s["clips"] > 0),
         "clips": {split: sum(c.values()) for split, c in counts.items()},
         "class_counts": counts,
