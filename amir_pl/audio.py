@@ -148,8 +148,14 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
         if len(data) < hi - lo:
             raise AudioError(f"file ends after {(lo + len(data)) / handle.samplerate:.2f} s, "
                              f"its header says {frames / handle.samplerate:.2f} s")
-        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-        out[lo - begin : hi - begin] = mono
+        # The mean of the channels, summed column by column: numpy's mean over a short last axis
+        # is several times slower than the whole rest of the front end.
+        target = out[lo - begin : hi - begin]
+        target[:] = data[:, 0]
+        for channel in range(1, data.shape[1]):
+            target += data[:, channel]
+        if data.shape[1] > 1:
+            target /= data.shape[1]
     bad = ~np.isfinite(out)
     nonfinite = int(bad.sum())
     if nonfinite:

@@ -2,11 +2,15 @@
 
     amir-bench                          # every benchmark below
     amir-bench benches=[loader]         # one of them
-    amir-bench loader.clips=[20000,100000] overhead.steps=50
+    amir-bench loader.clips=[20000,100000] overhead.steps=50 prepare.files=80
 
 - ``loader``: training DataLoader throughput (shuffled, collated tensors) over a
   generated float16 file, for each file size and read-run length, with the
   peak resident memory of the main process and of each worker.
+- ``prepare``: amir-prepare's clips/s (decode, resample, mel, HDF5 write) on
+  generated recordings, against the librosa pipeline (``librosa.load`` at
+  22,050 Hz + ``melspectrogram`` per clip) on the same files, in 1 and in
+  ``num_workers`` processes.
 - ``overhead``: ``Trainer.fit`` step rate against a bare PyTorch loop over the
   same model and the same batches, side by side in one run.
 
@@ -172,11 +176,85 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
     return result
 
 
+def _one_thread() -> None:
+    """One BLAS/OpenMP thread per process, so that n processes use n cores, not n x n threads."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+
+
+def _librosa_file(path: str) -> int:
+    import librosa
+
+    y, sample_rate = librosa.load(path, sr=22050)
+    clips = 0
+    for start in range(0, len(y) - 66150 + 1, 66150):
+        librosa.feature.melspectrogram(y=y[start : start + 66150], sr=sample_rate, n_mels=128)
+        clips += 1
+    return clips
+
+
+def bench_prepare(cfg: DictConfig, work_dir: Path) -> dict:
+    import numpy as np
+    import soundfile
+    from omegaconf import OmegaConf
+
+    from amir_pl.prepare import prepare
+
+    root = work_dir / "bench_audio"
+    rng = np.random.default_rng(0)
+    t = np.arange(int(cfg.seconds * 44100)) / 44100
+    files = []
+    for i in range(cfg.files):
+        tone = 0.3 * np.sin(2 * np.pi * (110 + 20 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        path = root / "piano" / f"take{i:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(path), np.stack([tone, tone * 0.8], axis=1).astype(np.float32), 44100, subtype="PCM_16")
+        files.append(str(path))
+    result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
+              "num_workers": cfg.num_workers}
+    prepare_cfg = OmegaConf.load(Path(CONFIG_DIR) / "prepare.yaml")
+    del prepare_cfg["defaults"]
+    prepare_cfg.merge_with({"source": str(root), "output": str(work_dir / "bench_prepare.h5"), "overwrite": True,
+                            "classes": ["piano"], "num_workers": cfg.num_workers, "progress": False,
+                            "paths": {"output_dir": str(work_dir / "bench_prepare_run")}})
+    start = time.perf_counter()
+    report = prepare(prepare_cfg)
+    clips = sum(report["clips"].values())
+    result["amir_prepare_clips_per_s"] = round(clips / (time.perf_counter() - start), 1)
+    (work_dir / "bench_prepare.h5").unlink(missing_ok=True)
+    try:
+        import librosa  # noqa: F401  (a test-only dependency)
+    except ImportError:
+        result["librosa"] = "not installed (pip install librosa)"
+    else:
+        _librosa_file(files[0])  # compile librosa's numba kernels before timing
+        start = time.perf_counter()
+        clips = sum(_librosa_file(path) for path in files)
+        result["librosa_1_process_clips_per_s"] = round(clips / (time.perf_counter() - start), 1)
+        with multiprocessing.get_context("fork").Pool(cfg.num_workers, initializer=_one_thread) as pool:
+            pool.map(_librosa_file, files[: cfg.num_workers])  # warm each worker
+            start = time.perf_counter()
+            clips = sum(pool.map(_librosa_file, files, chunksize=1))
+        result["librosa_n_processes_clips_per_s"] = round(clips / (time.perf_counter() - start), 1)
+        result["speedup_vs_librosa_1_process"] = round(
+            result["amir_prepare_clips_per_s"] / result["librosa_1_process_clips_per_s"], 2)
+        result["speedup_vs_librosa_n_processes"] = round(
+            result["amir_prepare_clips_per_s"] / result["librosa_n_processes_clips_per_s"], 2)
+    for path in files:
+        Path(path).unlink()
+    print(f"prepare: {result}", flush=True)
+    return result
+
+
 def bench(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     results = {}
     if "loader" in cfg.benches:
         results["loader"] = bench_loader(cfg.loader, Path(cfg.loader.work_dir or out_dir))
+    if "prepare" in cfg.benches:
+        results["prepare"] = bench_prepare(cfg.prepare, Path(cfg.loader.work_dir or out_dir))
     if "overhead" in cfg.benches:
         results["overhead"] = bench_overhead(cfg.overhead, cfg.model)
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
