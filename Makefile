@@ -1,10 +1,16 @@
-# amir-pl: `make test` runs the test suite; `make bench` measures the README's speed figures.
-# Everything installs into .venv on first use (Python >= 3.11).
+# amir-pl. `make quickstart`: the whole job on the built-in data; `make test`: the tests.
+# Everything installs into .venv on first use (Python >= 3.11); the soundfonts and libfluidsynth
+# come from Debian/Ubuntu packages (apt-get, as root or with sudo).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DATA ?= data
+QUICK_CLIPS ?= 150
+B_CLIPS ?= 40
+APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast bench clean
+.PHONY: install system-packages test test-fast quickstart results bench clean
 
 install: $(VENV)/.installed
 
@@ -12,13 +18,43 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the pip-only renderer and the TimGM6mb.sf2 the pretty_midi wheel ships (fallback without libfluidsynth)
+	$(BIN)/python -m pip install --quiet --no-deps tinysoundfont pretty_midi
 	touch $@
 
-test: install
+# Debian/Ubuntu packages: libfluidsynth and the four General MIDI soundfonts.
+system-packages:
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "system packages: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	else echo "no apt-get: install libfluidsynth and the GM soundfonts yourself (README); amir-synth falls back to tinysoundfont"; fi
+
+test: system-packages install
 	$(BIN)/python -m pytest -q
 
 test-fast: install  # skips the subprocess and DDP tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The whole job on the built-in data: render, prepare, train, test on the held-out soundfonts.
+quickstart: system-packages install
+	$(BIN)/amir-synth output=$(DATA)/quickstart clips_per_class=$(QUICK_CLIPS) overwrite=true
+	$(BIN)/amir-prepare source=$(DATA)/quickstart output=$(DATA)/quickstart.h5 overwrite=true
+	$(BIN)/amir-train data.path=$(DATA)/quickstart.h5 experiment=quickstart
+
+# The README's results table: (a) held-out soundfonts, (b) new phrases from the training fonts.
+results: system-packages install
+	$(BIN)/amir-synth output=$(DATA)/quickstart clips_per_class=$(QUICK_CLIPS) overwrite=true
+	$(BIN)/amir-prepare source=$(DATA)/quickstart output=$(DATA)/quickstart.h5 overwrite=true
+	$(BIN)/amir-synth output=$(DATA)/quickstart_b clips_per_class=$(B_CLIPS) seed=2 overwrite=true \
+	  '~splits.train' '~splits.val' splits.test.fonts=[FluidR3,MuseScore]
+	$(BIN)/amir-prepare source=$(DATA)/quickstart_b output=$(DATA)/quickstart_b.h5 overwrite=true
+	for model in paper paper_as_run; do \
+	  $(BIN)/amir-train data.path=$(DATA)/quickstart.h5 experiment=quickstart model=$$model task_name=results_$$model \
+	    trainer.enable_progress_bar=false && \
+	  $(BIN)/amir-evaluate data.path=$(DATA)/quickstart_b.h5 task_name=results_$${model}_b \
+	    ckpt_path=$$(ls -t outputs/results_$$model/*/checkpoints/epoch*.ckpt | head -1) || exit 1; \
+	done
+	$(BIN)/amir-baseline data.path=$(DATA)/quickstart.h5 also_evaluate=[$(DATA)/quickstart_b.h5] task_name=results_baseline
 
 bench: install
 	$(BIN)/amir-bench

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from amir_pl.dataset_file import DatasetInfo, read_info
+from amir_pl.dataset_file import DatasetFileError, DatasetInfo, read_info
 
 
 class H5ClipDataset(Dataset):
@@ -227,7 +227,7 @@ class H5DataModule(L.LightningDataModule):
         return self._info
 
     def has_split(self, split: str) -> bool:
-        return split in self.info.splits
+        return bool(self.info.splits.get(split))
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -248,13 +248,18 @@ class H5DataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
-        if not self.has_split(split):
-            raise ValueError(f"{self.path} has no split {split!r} (it has {sorted(self.info.splits)})")
+        self.require_split(split)
         rank, world = self._rank()
         sampler = ContiguousBatchSampler(self.info.splits[split], self.eval_batch_size, rank, world)
         return self._loader(split, sampler)
 
+    def require_split(self, split: str) -> None:
+        """DatasetFileError unless the file holds clips in ``split``."""
+        if not self.info.splits.get(split):
+            raise DatasetFileError(f"{self.path}: no clips in split {split!r} (it has {self.info.splits})")
+
     def train_dataloader(self) -> DataLoader:
+        self.require_split("train")
         rank, world = self._rank()
         sampler = ShuffledRunBatchSampler(
             self.info.splits["train"],

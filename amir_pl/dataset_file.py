@@ -2,7 +2,8 @@
 
 One file holds log-mel (or power-mel) clips. Root attributes describe the
 features (see ``FEATURE_ATTRS``) and the class list; groups ``train`` / ``val``
-/ ``test`` (only ``train`` is required) hold ``x`` (N, n_mels, frames),
+/ ``test`` (training needs ``train``; a file for evaluation only may hold just
+``test``) hold ``x`` (N, n_mels, frames),
 ``y`` (N,), ``source`` (N,) and ``offset`` (N,).
 """
 
@@ -122,8 +123,8 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             raise _fail(path, f"a feature attribute has the wrong type ({error})", regenerate) from None
         if features.scale not in ("power", "db"):
             raise _fail(path, f"root attribute 'scale' is {features.scale!r}, expected 'power' or 'db'")
-        if "train" not in f:
-            raise _fail(path, f"no group 'train' (found groups {sorted(f.keys())})", regenerate)
+        if not any(split in f for split in SPLITS):
+            raise _fail(path, f"no split group 'train', 'val' or 'test' (found groups {sorted(f.keys())})", regenerate)
         splits, dtype, chunk_clips = {}, None, 1
         for split in SPLITS:
             if split not in f:
@@ -158,11 +159,9 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
                     f"expected 0..{len(class_names) - 1} (one per class_names entry)",
                 )
             splits[split] = n
-            if split == "train":
+            if dtype is None:  # the first split present describes the layout
                 dtype = x.dtype
                 chunk_clips = x.chunks[0] if x.chunks else 1
-        if splits["train"] == 0:
-            raise _fail(path, "split 'train' holds no clips")
     return DatasetInfo(path, class_names, features, splits, dtype, chunk_clips)
 
 

@@ -71,12 +71,8 @@ def score_splits(
 
 def finish(trainer: L.Trainer, summaries: dict, class_names, run_dir: Path) -> None:
     """On rank 0: write the report files and print the per-class tables."""
-    if not trainer.is_global_zero or not summaries:
-        return
-    report.write_reports(run_dir, summaries, class_names)
-    for split, summary in summaries.items():
-        print(report.format_summary(split, summary))
-    print(f"reports: {run_dir}")
+    if trainer.is_global_zero and summaries:
+        report.publish(run_dir, summaries, class_names)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:

@@ -107,6 +107,14 @@ def write_reports(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], 
     return paths
 
 
+def publish(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], class_names: Sequence[str]) -> None:
+    """Write the report files and print each split's table."""
+    write_reports(run_dir, summaries, class_names)
+    for split, summary in summaries.items():
+        print(format_summary(split, summary))
+    print(f"reports: {run_dir}")
+
+
 def plot_confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], class_names: Sequence[str]):
     """One panel per split: counts in cells, class names on both axes, rows true, columns predicted."""
     n = len(class_names)

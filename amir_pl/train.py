@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: H5DataModule = instantiate(cfg.data)
     info = datamodule.info
+    datamodule.require_split("train")
     module = AmirModule(
         net=cfg.model,
         optimizer=cfg.optimizer,

@@ -155,7 +155,7 @@ def _resize_x(f):
         (_resize_x, r"'train/x' has shape \(203, 4, 6\), expected \(N, 4, 5\)"),
         (lambda f: f["val/y"].__setitem__(0, 7), r"'val/y' holds labels 0..7, expected 0..2"),
         (lambda f: f.__delitem__("train/source"), "dataset 'train/source' is missing"),
-        (lambda f: f.__delitem__("train"), "no group 'train'"),
+        (lambda f: [f.__delitem__(split) for split in ("train", "val")], "no split group"),
     ],
 )
 def test_malformed_file_is_refused_with_a_clear_message(tmp_path, indexed_h5, edit, message):

@@ -1,0 +1,116 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from amir_pl import synth as synth_module
+from amir_pl.dataset_file import read_info
+from amir_pl.labels import CLASS_NAMES
+from amir_pl.prepare import prepare
+from amir_pl.synth import INSTRUMENTS, available_renderer, fallback_font, synth
+from amir_pl.train import train
+from conftest import FAST
+
+TIMGM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+needs_font = pytest.mark.skipif(not Path(TIMGM).is_file() and fallback_font() is None,
+                                reason="no TimGM6mb.sf2 (apt-get install timgm6mb-soundfont)")
+
+
+def _render(compose_cfg, output, *overrides):
+    # TimGM6mb for every split keeps the test fast (the big fonts take seconds to load).
+    cfg = compose_cfg("synth", [f"output={output}", "clips_per_class=4", "progress=false",
+                                "splits.train.fonts=[TimGM6mb]", "splits.val.fonts=[TimGM6mb]",
+                                "splits.test.fonts=[TimGM6mb]", "splits.train.fraction=0.5",
+                                "splits.val.fraction=0.25", "splits.test.fraction=0.25", *overrides])
+    return synth(cfg)
+
+
+def _manifest(output):
+    with (Path(output) / "manifest.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@needs_font
+def test_render_prepare_train_end_to_end(compose_cfg, tmp_path):
+    output = _render(compose_cfg, tmp_path / "synth", "num_workers=2")
+    rows = _manifest(output)
+    assert len(rows) == 4 * len(CLASS_NAMES)
+    for row in rows:
+        instrument = INSTRUMENTS[row["label"]]
+        assert int(row["program"]) in instrument.programs and int(row["bank"]) == instrument.bank
+        assert row["path"].startswith(f"{row['split']}/{row['label']}/")
+        assert (output / row["path"]).is_file()
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert all(r["bank"] == "128" for r in rows if r["label"] == "drums")
+
+    dataset = tmp_path / "synth.h5"
+    report = prepare(compose_cfg("prepare", [f"source={output}", f"output={dataset}", "progress=false",
+                                             "num_workers=1"]))
+    assert report["files_used"] == len(rows)  # none silent, none unreadable
+    assert read_info(dataset).splits == {"train": 24, "val": 12, "test": 12}
+    summaries = train(compose_cfg("train", [f"data.path={dataset}", *FAST, "trainer.max_epochs=1"]))
+    assert summaries["test"]["n"] == 12
+
+
+@needs_font
+def test_same_seed_same_audio_bytes_whatever_workers_and_no_bleed(compose_cfg, tmp_path):
+    """Clips rendered after different predecessors (1 vs 2 workers) are byte-identical: nothing bleeds."""
+    one = _render(compose_cfg, tmp_path / "one", "num_workers=1", "classes=[piano,drums,flute]")
+    two = _render(compose_cfg, tmp_path / "two", "num_workers=2", "classes=[piano,drums,flute]")
+    other = _render(compose_cfg, tmp_path / "other", "num_workers=1", "classes=[piano,drums,flute]", "seed=7")
+    files = sorted(p.relative_to(one) for p in one.rglob("*.flac"))
+    assert len(files) == 12
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert any((one / name).read_bytes() != (other / name).read_bytes() for name in files)
+
+
+@needs_font
+def test_fallback_renderer_when_fluidsynth_is_missing(compose_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("tinysoundfont")
+    monkeypatch.setattr(synth_module, "_can_import_fluidsynth", lambda: False)
+    assert available_renderer("auto") == "tinysoundfont"
+    output = _render(compose_cfg, tmp_path / "tiny", "num_workers=1", "classes=[drums,violin]")
+    rows = _manifest(output)
+    assert {r["renderer"] for r in rows} == {"tinysoundfont"} and len(rows) == 8
+    report = prepare(compose_cfg("prepare", [f"source={output}", f"output={tmp_path / 't.h5'}", "progress=false",
+                                             "num_workers=1", "classes=[drums,violin]"]))
+    assert report["files_used"] == 8
+
+
+def test_missing_font_names_the_debian_package(compose_cfg, tmp_path):
+    from amir_pl.cli import AmirError
+
+    cfg = compose_cfg("synth", [f"output={tmp_path / 'x'}", "fonts.TimGM6mb.path=/nonexistent.sf2",
+                                "allow_fallback_font=false"])
+    with pytest.raises(AmirError, match="apt-get install timgm6mb-soundfont"):
+        synth(cfg)
+
+
+def test_phrases_stay_in_range_and_vary():
+    import numpy as np
+
+    for label, instrument in INSTRUMENTS.items():
+        styles, tempos = set(), set()
+        for seed in range(20):
+            phrase = synth_module.compose_phrase(instrument, 3.0, np.random.default_rng(seed))
+            styles.add(phrase.style)
+            tempos.add(round(phrase.tempo))
+            keys = [key for _, kind, key, _ in phrase.events if kind == "on"]
+            assert keys, label
+            assert all(instrument.low <= key <= instrument.high for key in keys) or label == "drums"
+            assert all(1 <= velocity <= 127 for _, kind, _, velocity in phrase.events if kind == "on")
+        assert len(styles) > 1 and len(tempos) > 5, label
+
+
+def test_baseline_scores_like_the_trainer(compose_cfg, tiny_h5, tmp_path):
+    from amir_pl.baseline import baseline
+
+    summaries = baseline(compose_cfg("baseline", [f"data.path={tiny_h5}", f"also_evaluate=[{tiny_h5}]"]))
+    assert set(summaries) == {"test", "tiny/train", "tiny/val", "tiny/test"}
+    assert summaries["test"] == summaries["tiny/test"]
+    assert summaries["test"]["n"] == 35 and summaries["test"]["top1_error"] < 0.3
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["confusion_matrix"] == summaries["test"]["confusion_matrix"]
+    assert (tmp_path / "per_class.csv").is_file() and (tmp_path / "confusion_matrix.png").is_file()
