@@ -69,10 +69,16 @@ class Block:
     nonfinite: int  # samples that were NaN or +-Inf in the decoded audio (set to 0)
 
 
-def clip_count(info: AudioInfo, features: FeatureParams) -> int:
-    """Whole clips in the file (a shorter tail is dropped)."""
-    clip_seconds = features.clip_samples / features.sample_rate
-    return int(math.floor(info.seconds / clip_seconds + 1e-9))
+def clip_count(info: AudioInfo, features: FeatureParams, hop_samples: int | None = None) -> int:
+    """Whole windows of ``clip_samples`` every ``hop_samples`` (default: back to back) in the file.
+
+    A shorter tail is dropped.
+    """
+    hop = hop_samples or features.clip_samples
+    length = info.frames * features.sample_rate / info.sample_rate  # at the target rate
+    if length + 1e-6 < features.clip_samples:
+        return 0
+    return int(math.floor((length - features.clip_samples) / hop + 1e-9)) + 1
 
 
 # torchaudio's windowed-sinc resampler with a Kaiser window, 16 zero crossings and a low-pass at
@@ -101,37 +107,44 @@ def _margin(orig: int, new: int) -> int:
 
 
 def read_clips(
-    info: AudioInfo, features: FeatureParams, first_clip: int = 0, n_clips: int | None = None, block_clips: int = 16
+    info: AudioInfo,
+    features: FeatureParams,
+    first_clip: int = 0,
+    n_clips: int | None = None,
+    block_clips: int = 16,
+    hop_samples: int | None = None,
+    pad_short: bool = False,
 ) -> Iterator[Block]:
     """Yield the file's clips ``first_clip .. first_clip + n_clips`` in blocks, at the target rate.
 
-    Mono is the mean of the channels. Non-finite samples are set to 0 (and
-    counted). Raises AudioError when decoding fails part-way.
+    Clip ``k`` starts at ``k * hop_samples`` (default: clips back to back). Mono
+    is the mean of the channels. Non-finite samples are set to 0 (and counted).
+    ``pad_short``: a file shorter than one clip gives one clip, zero-padded at
+    the end. Raises AudioError when decoding fails part-way.
     """
     orig, new = info.sample_rate, features.sample_rate
-    clip_seconds = features.clip_samples / new
-    clip_in = features.clip_samples * orig / new  # input samples per clip (may be fractional)
-    total = clip_count(info, features)
+    hop = hop_samples or features.clip_samples
+    total = clip_count(info, features, hop) or (1 if pad_short else 0)
     last = total if n_clips is None else min(total, first_clip + n_clips)
     margin = _margin(orig, new) if orig != new else 0
     try:
         with soundfile.SoundFile(str(info.path)) as handle:
             for start_clip in range(first_clip, last, block_clips):
                 stop_clip = min(start_clip + block_clips, last)
-                begin = round(start_clip * clip_in)
-                end = round(stop_clip * clip_in)
+                n = stop_clip - start_clip
+                needed = (n - 1) * hop + features.clip_samples  # output samples covering these clips
+                begin = round(start_clip * hop * orig / new)
+                end = begin + round(needed * orig / new)
                 audio, nonfinite = _read_mono(handle, begin - margin, end + margin, info.frames)
                 waveform = torch.from_numpy(audio)
                 if orig != new:
                     waveform = _resampler(orig, new)(waveform)
-                    cut = margin * new // orig
-                    waveform = waveform[cut:]
-                n = stop_clip - start_clip
-                needed = n * features.clip_samples
-                if waveform.numel() < needed:  # rounding at the very end of the file
+                    waveform = waveform[margin * new // orig :]
+                if waveform.numel() < needed:  # rounding at the very end of the file, or a padded short file
                     waveform = torch.nn.functional.pad(waveform, (0, needed - waveform.numel()))
-                clips = waveform[:needed].reshape(n, features.clip_samples)
-                yield Block(clips, [c * clip_seconds for c in range(start_clip, stop_clip)], nonfinite)
+                clips = waveform[:needed].unfold(0, features.clip_samples, hop)
+                offsets = [c * hop / new for c in range(start_clip, stop_clip)]
+                yield Block(clips, offsets, nonfinite)
     except AudioError:
         raise
     except Exception as error:

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
+from amir_pl.cli import AmirError
+from amir_pl.dataset_file import FeatureParams
+from amir_pl.evaluate import load_checkpoint
+from amir_pl.predict import aggregate, predict
+from amir_pl.train import train
+from conftest import FAST
+from test_prepare import write_tone
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_h5, tmp_path_factory):
+    """A checkpoint trained for one epoch on the tiny synthetic file (32 mels, 0.74 s windows)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from amir_pl.cli import CONFIG_DIR
+
+    run_dir = tmp_path_factory.mktemp("predict_train")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_audio")
+    return {
+        "half_second": write_tone(root / "half.wav", 0.5, 44100, 330.0),  # shorter than the tiny model's window
+        "one_second": write_tone(root / "one.wav", 1.0, 44100, 330.0),
+        "three_seconds": write_tone(root / "three.flac", 3.0, 44100, 440.0, channels=2, subtype="PCM_24"),
+        "ten_seconds_16k": write_tone(root / "folder" / "ten.wav", 10.0, 16000, 220.0),
+        "stereo_44k": write_tone(root / "folder" / "deep" / "stereo.wav", 6.0, 44100, 550.0, channels=2),
+    }
+
+
+def run_predict(compose_cfg, checkpoint, inputs, *overrides):
+    cfg = compose_cfg("predict", [f"ckpt_path={checkpoint}", f"inputs={inputs}", "num_workers=1", *overrides])
+    return predict(cfg)
+
+
+def test_any_length_rate_and_channels_and_outputs(compose_cfg, checkpoint, audio_files, tmp_path):
+    folder = audio_files["ten_seconds_16k"].parent
+    inputs = f"[{audio_files['half_second']},{audio_files['one_second']},{audio_files['three_seconds']},{folder}]"
+    rows = run_predict(compose_cfg, checkpoint, inputs, "top_k=2")
+    by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
+    assert set(by_name) == {"half.wav", "one.wav", "three.flac", "ten.wav", "stereo.wav"}  # folder searched recursively
+    assert all(row["status"] == "ok" and row["top1"] and len(row["top_k"]) == 2 for row in rows)
+    assert by_name["half.wav"]["padded"] and by_name["half.wav"]["windows_used"] == 1
+    assert not by_name["one.wav"]["padded"] and by_name["one.wav"]["windows_used"] == 1
+    assert not by_name["ten.wav"]["padded"]
+    window, hop = 16384 / 22050, 1.5
+    assert by_name["ten.wav"]["windows_used"] == int((10.0 - window) // hop) + 1
+    assert by_name["ten.wav"]["duration_s"] == pytest.approx(10.0)
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert [row["file"] for row in saved] == [row["file"] for row in rows]
+    lines = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("file,duration_s,windows_used,silent_windows,padded,status,top1") and len(lines) == 6
+
+
+def test_long_file_equals_the_mean_of_its_windows_computed_directly(compose_cfg, checkpoint, audio_files):
+    path = audio_files["ten_seconds_16k"]
+    rows = run_predict(compose_cfg, checkpoint, str(path), "timeline=true", "hop_seconds=0.5", "num_workers=2",
+                       "windows_per_task=5")
+    row = rows[0]
+    module = load_checkpoint(checkpoint).eval()
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    clips = torch.cat([b.clips for b in read_clips(probe(path), features, hop_samples=round(0.5 * 22050))])
+    assert bool((frame_rms(clips) > 0.01).all())
+    with torch.no_grad():
+        direct = torch.softmax(module.net(MelFrontEnd(features)(clips)), dim=1).numpy()
+    assert row["windows_used"] == len(direct) == len(row["window_probabilities"])
+    np.testing.assert_allclose(np.array(row["window_probabilities"]), direct, atol=1e-4)
+    expected = direct.mean(axis=0)
+    got = np.array([row["scores"]["mean"][name] for name in module.hparams["class_names"]])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert row["top1"] == module.hparams["class_names"][int(expected.argmax())]
+    assert row["window_offsets_s"][:3] == [0.0, 0.5, 1.0]
+
+
+def test_silence_bad_files_and_errors(compose_cfg, checkpoint, audio_files, tmp_path):
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(44100 * 5, np.float32), 44100)
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    rows = run_predict(compose_cfg, checkpoint, f"[{silent},{bad},{audio_files['three_seconds']},{empty_folder}]")
+    status = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
+    assert status["silent.wav"]["status"] == "silent" and "top1" not in status["silent.wav"]
+    assert status["silent.wav"]["silent_windows"] > 0
+    assert status["bad.wav"]["status"] == "error" and "not readable audio" in status["bad.wav"]["error"]
+    assert status["three.flac"]["status"] == "ok"
+    assert "no audio files" in status["empty"]["error"]
+    with pytest.raises(AmirError, match="nothing could be processed"):
+        run_predict(compose_cfg, checkpoint, f"[{bad}]")
+    with pytest.raises(AmirError, match="no such file"):
+        run_predict(compose_cfg, tmp_path / "missing.ckpt", str(silent))
+
+
+def test_aggregation_rules():
+    probabilities = np.array([[0.6, 0.3, 0.1], [0.1, 0.5, 0.4], [0.2, 0.5, 0.3]])
+    np.testing.assert_allclose(aggregate(probabilities, "mean"), [0.3, 13 / 30, 0.8 / 3])
+    np.testing.assert_allclose(aggregate(probabilities, "vote"), [1 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(aggregate(probabilities, "han"), np.array([0.9, 1.3, 0.8]) / 1.3)
+
+
+@pytest.mark.slow
+def test_console_script(checkpoint, audio_files, tmp_path):
+    from conftest import run_console_script
+
+    result = run_console_script("amir-predict", f"ckpt_path={checkpoint}", f"inputs={audio_files['three_seconds']}",
+                                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "three.flac" in result.stdout and (tmp_path / "run" / "predictions.csv").is_file()
+    result = run_console_script("amir-predict", f"ckpt_path={checkpoint}", f"inputs={tmp_path / 'nothing'}",
+                                f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    assert result.returncode == 2 and "amir-predict: error: nothing could be processed" in result.stderr
