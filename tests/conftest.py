@@ -64,3 +64,19 @@ def run_console_script(name: str, *overrides: str, cwd: Path, timeout: int = 600
     return subprocess.run(
         [*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_h5, tmp_path_factory):
+    """A checkpoint trained for one epoch on the tiny synthetic file (32 mels, 0.74 s windows)."""
+    from amir_pl.train import train
+
+    run_dir = tmp_path_factory.mktemp("predict_train")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return run_dir / "checkpoints" / "last.ckpt"

@@ -10,29 +10,7 @@ from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams
 from amir_pl.evaluate import load_checkpoint
 from amir_pl.predict import aggregate, predict
-from amir_pl.train import train
-from conftest import FAST
 from test_prepare import write_tone
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_h5, tmp_path_factory):
-    """A checkpoint trained for one epoch on the tiny synthetic file (32 mels, 0.74 s windows)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from amir_pl.cli import CONFIG_DIR
-
-    run_dir = tmp_path_factory.mktemp("predict_train")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    train(cfg)
-    GlobalHydra.instance().clear()
-    return run_dir / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
