@@ -11,6 +11,9 @@
   generated recordings, against the librosa pipeline (``librosa.load`` at
   22,050 Hz + ``melspectrogram`` per clip) on the same files, in 1 and in
   ``num_workers`` processes.
+- ``predict``: amir-predict's seconds of audio per second (decode, resample, mel,
+  the thesis ConvNet on 3 s windows every 1.5 s, aggregation) on generated
+  44.1 kHz stereo recordings.
 - ``overhead``: ``Trainer.fit`` step rate against a bare PyTorch loop over the
   same model and the same batches, side by side in one run.
 
@@ -248,6 +251,63 @@ def bench_prepare(cfg: DictConfig, work_dir: Path) -> dict:
     return result
 
 
+def _write_recordings(root: Path, files: int, seconds: float, label: str = "piano") -> list[str]:
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * 44100)) / 44100
+    paths = []
+    for i in range(files):
+        tone = 0.3 * np.sin(2 * np.pi * (110 + 20 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        path = root / label / f"take{i:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(path), np.stack([tone, tone * 0.8], axis=1).astype(np.float32), 44100, subtype="PCM_16")
+        paths.append(str(path))
+    return paths
+
+
+def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dict:
+    """amir-predict on an untrained thesis ConvNet (speed does not depend on the weights)."""
+    import contextlib
+    import io
+
+    import lightning
+    from omegaconf import OmegaConf
+
+    from amir_pl.labels import CLASS_NAMES
+    from amir_pl.predict import predict
+
+    features = FeatureParams()
+    module = AmirModule(net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+                        class_names=CLASS_NAMES, features=features.as_dict(),
+                        input_shape=(features.n_mels, features.frames))
+    checkpoint = work_dir / "bench_predict.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, checkpoint)
+    root = work_dir / "bench_predict_audio"
+    paths = _write_recordings(root, cfg.files, cfg.seconds)
+    predict_cfg = OmegaConf.load(Path(CONFIG_DIR) / "predict.yaml")
+    del predict_cfg["defaults"]
+    predict_cfg.merge_with({"ckpt_path": str(checkpoint), "inputs": str(root), "num_workers": cfg.num_workers,
+                            "batch_size": cfg.batch_size, "paths": {"output_dir": str(work_dir / "bench_predict_run")}})
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        rows = predict(predict_cfg)
+    elapsed = time.perf_counter() - start
+    audio_seconds = sum(row["duration_s"] for row in rows)
+    result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
+              "windows": sum(row["windows_used"] for row in rows), "hop_seconds": predict_cfg.hop_seconds,
+              "num_workers": cfg.num_workers, "torch_threads": torch.get_num_threads(),
+              "device": "cuda" if torch.cuda.is_available() else "cpu",
+              "seconds_of_audio_per_second": round(audio_seconds / elapsed, 1)}
+    for path in paths:
+        Path(path).unlink()
+    checkpoint.unlink()
+    print(f"predict: {result}", flush=True)
+    return result
+
+
 def bench(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     results = {}
@@ -255,6 +315,8 @@ def bench(cfg: DictConfig) -> dict:
         results["loader"] = bench_loader(cfg.loader, Path(cfg.loader.work_dir or out_dir))
     if "prepare" in cfg.benches:
         results["prepare"] = bench_prepare(cfg.prepare, Path(cfg.loader.work_dir or out_dir))
+    if "predict" in cfg.benches:
+        results["predict"] = bench_predict(cfg.predict, cfg.model, Path(cfg.loader.work_dir or out_dir))
     if "overhead" in cfg.benches:
         results["overhead"] = bench_overhead(cfg.overhead, cfg.model)
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -90,9 +90,10 @@ _front_end: MelFrontEnd | None = None
 _options: dict = {}
 
 
-def _init_worker(features: FeatureParams, hop: int, rms_threshold: float) -> None:
+def _init_worker(features: FeatureParams, hop: int, rms_threshold: float, one_thread: bool = True) -> None:
     global _front_end, _options
-    torch.set_num_threads(1)
+    if one_thread:  # a decoding worker; in the main process the net keeps every thread
+        torch.set_num_threads(1)
     _front_end = MelFrontEnd(features)
     _options = {"features": features, "hop": hop, "rms_threshold": rms_threshold}
 
@@ -162,7 +163,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise AmirError(f"hop_seconds={cfg.hop_seconds}: must be positive")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    net = module.net.to(device).eval()
+    # channels_last: the convolutions run about twice as fast on a CPU (measured; README, Performance).
+    net = module.net.to(device, memory_format=torch.channels_last).eval()
 
     files, problems = find_inputs(cfg.inputs)
     results = [FileResult(str(path)) for path in files]
@@ -177,7 +179,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         if windows.mels is not None:
             result.offsets += windows.offsets
             for start in range(0, len(windows.mels), cfg.batch_size):
-                batch = windows.mels[start : start + cfg.batch_size].to(device)
+                batch = windows.mels[start : start + cfg.batch_size].unsqueeze(1)
+                batch = batch.to(device, memory_format=torch.channels_last)
                 with torch.inference_mode():
                     probabilities[windows.task.file_index].append(torch.softmax(net(batch), dim=1).float().cpu().numpy())
     for index, result in enumerate(results):
@@ -205,7 +208,7 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 def _run(tasks, num_workers: int, init_args):
     if num_workers <= 1:
-        _init_worker(*init_args)
+        _init_worker(*init_args, one_thread=False)
         yield from map(window_features, tasks)
         return
     with multiprocessing.get_context("fork").Pool(num_workers, _init_worker, init_args) as pool:
