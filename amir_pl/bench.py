@@ -199,22 +199,12 @@ def _librosa_file(path: str) -> int:
 
 
 def bench_prepare(cfg: DictConfig, work_dir: Path) -> dict:
-    import numpy as np
-    import soundfile
     from omegaconf import OmegaConf
 
     from amir_pl.prepare import prepare
 
     root = work_dir / "bench_audio"
-    rng = np.random.default_rng(0)
-    t = np.arange(int(cfg.seconds * 44100)) / 44100
-    files = []
-    for i in range(cfg.files):
-        tone = 0.3 * np.sin(2 * np.pi * (110 + 20 * i) * t) + 0.05 * rng.standard_normal(len(t))
-        path = root / "piano" / f"take{i:03d}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(str(path), np.stack([tone, tone * 0.8], axis=1).astype(np.float32), 44100, subtype="PCM_16")
-        files.append(str(path))
+    files = _write_recordings(root, cfg.files, cfg.seconds)
     result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
               "num_workers": cfg.num_workers}
     prepare_cfg = OmegaConf.load(Path(CONFIG_DIR) / "prepare.yaml")
