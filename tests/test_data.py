@@ -94,7 +94,7 @@ def test_training_batches_are_runs_of_consecutive_clips(indexed_h5, monkeypatch)
     monkeypatch.setattr(h5py.Dataset, "read_direct", counting)
     dm = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, read_run=8)
     n_batches = 0
-    for batch in dm.train_dataloader():
+    for _batch in dm.train_dataloader():
         n_batches += 1
     assert n_batches == -(-N_TRAIN // 16)
     assert len(calls) <= 3 * n_batches
