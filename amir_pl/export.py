@@ -23,6 +23,7 @@ from amir_pl.audio import RESAMPLING, MelFrontEnd
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import FeatureParams
 from amir_pl.evaluate import load_checkpoint
+from amir_pl.report import atomic_write
 
 
 class WaveformClassifier(torch.nn.Module):
@@ -63,16 +64,14 @@ def export(cfg: DictConfig) -> Path:
     output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{suffix[cfg.format]}")
     output.parent.mkdir(parents=True, exist_ok=True)
     extra = {"metadata.json": json.dumps(metadata, indent=2)}
-    tmp = output.with_name(f".{output.name}.tmp")
     with torch.no_grad():
         if cfg.format == "torch_export":
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, str(tmp), extra_files=extra)
+            atomic_write(output, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra))
         else:
             scripted = torch.jit.trace(model, example)
-            torch.jit.save(scripted, str(tmp), _extra_files=extra)
-    tmp.replace(output)
+            atomic_write(output, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
     print(f"exported ({cfg.format}): {output}")
     return output
 

@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from amir_pl.audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, MelFrontEnd, 
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import SPLITS, DatasetWriter, FeatureParams
 from amir_pl.labels import canonical_name
+from amir_pl.report import atomic_write
 
 log = logging.getLogger(__name__)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -393,9 +393,7 @@ def balance_file(staging: Path, output: Path, counts: dict, class_names, seed: i
 
 def _write_report(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     report["report_path"] = str(path)
 
 

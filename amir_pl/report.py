@@ -45,7 +45,7 @@ def split_summary(values: Mapping[str, torch.Tensor], class_names: Sequence[str]
     }
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write via a temporary file in the same folder, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -103,7 +103,7 @@ def write_reports(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], 
         plt.close(figure)
 
     for path, write in zip(paths, (metrics_json, per_class_csv, confusion_csv, confusion_png)):
-        _atomic_write(path, write)
+        atomic_write(path, write)
     return paths
 
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from amir_pl.audio import frame_rms
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.labels import CLASS_NAMES
+from amir_pl.report import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -508,16 +509,18 @@ def synth(cfg: DictConfig) -> Path:
         bar.close()
         pool.terminate()
     manifest = output / "manifest.csv"
-    tmp = manifest.with_name(".manifest.csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split", "font", "font_file", "bank", "program", "style", "tempo",
-                         "reverb", "chorus", "noise_snr_db", "renderer"])
-        for r in results:
-            writer.writerow([r.path, r.job.label, r.job.split, r.job.font_name, os.path.basename(r.job.font_path),
-                             r.bank, r.program, r.style, r.tempo, r.reverb, r.chorus,
-                             "" if r.noise_snr_db is None else r.noise_snr_db, renderer])
-    os.replace(tmp, manifest)
+
+    def write_manifest(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split", "font", "font_file", "bank", "program", "style", "tempo",
+                             "reverb", "chorus", "noise_snr_db", "renderer"])
+            for r in results:
+                writer.writerow([r.path, r.job.label, r.job.split, r.job.font_name, os.path.basename(r.job.font_path),
+                                 r.bank, r.program, r.style, r.tempo, r.reverb, r.chorus,
+                                 "" if r.noise_snr_db is None else r.noise_snr_db, renderer])
+
+    atomic_write(manifest, write_manifest)
     counts = {split: sum(1 for r in results if r.job.split == split) for split in cfg.splits}
     print(f"rendered {len(results)} clips with {renderer} into {output}: {counts}")
     print(f"manifest: {manifest}")
