@@ -132,10 +132,22 @@ class ShuffledRunBatchSampler(Sampler[list[int]]):
         self.length, self.batch_size, self.run_length = length, batch_size, max(1, run_length)
         self.seed, self.rank, self.num_replicas, self.drop_last = seed, rank, num_replicas, drop_last
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch; reseeds the shuffle."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "ShuffledRunBatchSampler":
+        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (not on the batch
+        sampler itself): this sampler is its own."""
+        return self
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Start in ``epoch``, skipping its first ``batches_done`` batches (once: a resumed run)."""
+        self.epoch = epoch
+        self._resume = (epoch, batches_done)
 
     @property
     def per_rank(self) -> int:
@@ -152,7 +164,9 @@ class ShuffledRunBatchSampler(Sampler[list[int]]):
         rng.shuffle(starts)
         order = np.concatenate([np.arange(s, min(s + self.run_length, self.length)) for s in starts])
         share = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-        for start in range(0, len(share), self.batch_size):
+        skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+        self._resume = None
+        for start in range(skip * self.batch_size, len(share), self.batch_size):
             batch = share[start : start + self.batch_size]
             if len(batch) < self.batch_size and self.drop_last:
                 return
@@ -218,6 +232,7 @@ class H5DataModule(L.LightningDataModule):
         self.seed = seed
         self.test_split = test_split
         self._info: DatasetInfo | None = None
+        self._resume_position: dict | None = None
 
     @property
     def info(self) -> DatasetInfo:
@@ -245,6 +260,9 @@ class H5DataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            # Worker seeds come from this generator, not the global RNG, so building a loader
+            # draws nothing from the stream dropout uses (a resumed run stays exact).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -270,7 +288,28 @@ class H5DataModule(L.LightningDataModule):
             num_replicas=world,
             drop_last=self.drop_last,
         )
+        if self._resume_position:
+            position, self._resume_position = self._resume_position, None
+            epoch, done = position["epoch"], position["batches_done"]
+            if done >= position["epoch_batches"]:
+                epoch, done = epoch + 1, 0
+            sampler.resume_at(epoch, done)
         return self._loader("train", sampler)
+
+    def state_dict(self) -> dict:
+        """Where training stands in the epoch; saved in every checkpoint so a resumed run
+        skips the batches already trained instead of repeating them."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {
+            "epoch": trainer.current_epoch,
+            "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            "epoch_batches": trainer.num_training_batches,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_position = dict(state_dict) if state_dict else None
 
     def val_dataloader(self):
         return self._eval_loader("val") if self.has_split("val") else []

@@ -1,21 +1,27 @@
 """amir-train: fit the thesis ConvNet on a dataset file, then score the best checkpoint.
 
     amir-train data.path=data/set.h5 [model=paper_as_run] [trainer=ddp trainer.devices=4] [experiment=paper]
+    amir-train ... resume=true        # continue the last run of this same command from its last checkpoint
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amir_pl.cli import CONFIG_DIR, user_errors
+from amir_pl.cluster import check_launch, cluster_plugins
 from amir_pl.data import H5DataModule
 from amir_pl.evaluate import finish, score_splits
+from amir_pl.fault_tolerance import AtomicCheckpointIO, Preempted, find_resume_checkpoint, run_dir_of
 from amir_pl.module import AmirModule
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,25 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
+def _resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``cfg.resume`` asks for; its run folder becomes this run's output folder,
+    so checkpoints, TensorBoard and reports continue where they were."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    run_dir = Path(cfg.paths.output_dir)
+    checkpoint = find_resume_checkpoint(
+        cfg.get("resume"), run_dir, Path(cfg.paths.root_dir) / cfg.task_name, overrides
+    )
+    if checkpoint is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir_of(checkpoint))
+        log.info("resuming from %s; outputs continue in %s", checkpoint, cfg.paths.output_dir)
+    return checkpoint
+
+
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Fit, then score ``cfg.test_splits`` with the best checkpoint; returns the metrics.json entries."""
     L.seed_everything(cfg.seed, workers=True)
+    resume_from = _resume_checkpoint(cfg)
     datamodule: H5DataModule = instantiate(cfg.data)
     info = datamodule.info
     datamodule.require_split("train")
@@ -46,10 +68,17 @@ def train(cfg: DictConfig) -> dict[str, dict]:
             checkpoint_cfg.monitor = None
             checkpoint_cfg.filename = "epoch{epoch:03d}"
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False)
+    plugins = [AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.devices, cfg.trainer.num_nodes)]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False, plugins=plugins
+    )
+    check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings():
+        # H5DataModule.state_dict restores the position inside the epoch: the warning does not apply.
+        warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt_path = best or ("last" if trainer.checkpoint_callback else None)
@@ -67,7 +96,11 @@ def train(cfg: DictConfig) -> dict[str, dict]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     with user_errors("amir-train"):
-        train(cfg)
+        try:
+            train(cfg)
+        except Preempted as stop:
+            print(f"amir-train: {stop}; run the same command with resume=true to continue", file=sys.stderr)
+            sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,13 @@ def compose_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_console_script(name: str, *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_console_script(
+    name: str, *overrides: str, cwd: Path, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run an installed console script (falling back to ``python -m amir_pl.<app>``) in a subprocess."""
     script = Path(sys.executable).parent / name
     command = [str(script)] if script.exists() else [sys.executable, "-m", f"amir_pl.{name.split('-', 1)[1]}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -2,6 +2,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from amir_pl.data import ContiguousBatchSampler, H5ClipDataset, H5DataModule, ShuffledRunBatchSampler
 from amir_pl.dataset_file import DatasetFileError, DatasetWriter, FeatureParams, read_info
@@ -39,7 +40,7 @@ def test_every_clip_exactly_once_per_epoch_and_reshuffled(indexed_h5, num_worker
     loader = dm.train_dataloader()
     epochs = []
     for epoch in range(2):
-        loader.batch_sampler.set_epoch(epoch)  # Lightning does this at each epoch start
+        _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop calls at each epoch start
         epochs.append(_clip_ids(loader))
         assert sorted(epochs[-1]) == list(range(N_TRAIN))
     assert epochs[0] != epochs[1]  # a new order each epoch

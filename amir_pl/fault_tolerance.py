@@ -1,0 +1,281 @@
+"""Fault tolerance: checkpoints a run can resume from at any step, preemption signals, and
+finding the checkpoint to resume.
+
+A Lightning checkpoint already holds the weights, optimizer, epoch and step. Two more
+things make a resumed run train exactly like an uninterrupted one: the position inside
+the epoch (``H5DataModule.state_dict``: the batches already trained are skipped) and
+every rank's RNG state (``RNGState``: dropout masks continue where they stopped).
+Checkpoints are written under a temporary name and renamed (``AtomicCheckpointIO``), so
+a kill -9 during a save never leaves a truncated file at a checkpoint path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import OmegaConf
+
+from amir_pl.cli import AmirError
+from amir_pl.report import atomic_write
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save checkpoints, written to a temporary name and renamed when complete."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps *and* at every epoch end.
+
+    Lightning's ModelCheckpoint takes one trigger (steps or epochs); this adds the epoch
+    end to the step trigger (after validation, so the file holds that epoch's metrics).
+    """
+
+    def __init__(self, dirpath, every_n_train_steps: int | None = None, **kwargs):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def _save_last_at_epoch_end(self, trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
+
+
+class RNGState(Callback):
+    """Saves every rank's torch/numpy/python (and CUDA) RNG states in each checkpoint.
+
+    They are restored just before the first batch trained after a resume, not at load
+    time: between loading and that batch Lightning runs a sanity check and builds data
+    loaders, which an uninterrupted run does not do at that point.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[dict] | None = None
+
+    @staticmethod
+    def _collect() -> dict:
+        """The RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a tensor)."""
+        states = _collect_rng_states()
+        name, keys, *rest = states["numpy"]
+        states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+        return states
+
+    @staticmethod
+    def _restore(states: dict) -> None:
+        name, keys, *rest = states["numpy"]
+        _set_rng_states({**states, "numpy": (name, keys.numpy().astype(np.uint32), *rest)})
+
+    def state_dict(self) -> dict:
+        states = self._collect()
+        if dist.is_available() and dist.is_initialized():
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states)
+            return {"per_rank": gathered}
+        return {"per_rank": [states]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict.get("per_rank")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is None:
+            return
+        states, self._pending = self._pending, None
+        if trainer.global_rank < len(states):
+            self._restore(states[trainer.global_rank])
+        else:
+            log.warning("checkpoint has RNG states for %d ranks, not %d: rank %d starts new streams",
+                        len(states), trainer.world_size, trainer.global_rank)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after saving ``path``."""
+
+    def __init__(self, signum: int, path: Path):
+        self.signum, self.path = signum, path
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}")
+
+
+class PreemptionCheckpoint(Callback):
+    """On a preemption signal: finish the current batch, save ``last.ckpt``, stop.
+
+    The signal only sets a flag; every ``check_every_n_steps`` steps the ranks agree on
+    it (one all-reduce), then all save together and raise ``Preempted`` (amir-train
+    exits with 128 + the signal number). A previous handler that belongs to submitit
+    (its SIGUSR2 requeue) runs after the save, so submitit requeues the job with the
+    checkpoint already on disk.
+    """
+
+    def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), check_every_n_steps: int = 1):
+        self.signals = [signal.Signals[name] if isinstance(name, str) else signal.Signals(name) for name in signals]
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self._received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self._received = signum
+        log.warning("received %s: saving a checkpoint after this batch", signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._received = None
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_handlers()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.check_every_n_steps:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        signum = self._received or signal.SIGTERM
+        previous = self._previous.get(signum)
+        self._restore_handlers()
+        if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
+            previous(signum, None)  # submitit: requeue this job (rank 0 exits here)
+        raise Preempted(signum, path)
+
+
+def last_checkpoint_path(trainer) -> Path:
+    """Where ``last.ckpt`` goes: the folder of the ModelCheckpoint that keeps the last checkpoint."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+            return Path(callback.dirpath) / LAST
+    return Path(trainer.default_root_dir) / CHECKPOINT_DIR / LAST
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding what to resume
+
+
+def _is_resume_override(override: str) -> bool:
+    return override.lstrip("+").split("=", 1)[0] == "resume"
+
+
+def _checkpoints_in(folder: Path) -> list[Path]:
+    """``last.ckpt`` first, then the other checkpoints, newest first."""
+    found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: (p.name != LAST, -p.stat().st_mtime))
+
+
+def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: list[str]) -> Path | None:
+    """The most recent run under ``runs_root`` started with the same overrides that has checkpoints."""
+    wanted = sorted(o for o in overrides if not _is_resume_override(o))
+    best: tuple[float, Path] | None = None
+    for overrides_file in runs_root.glob("**/.hydra/overrides.yaml"):
+        run = overrides_file.parent.parent
+        if run.resolve() == current_run.resolve():
+            continue
+        try:
+            theirs = sorted(o for o in OmegaConf.load(overrides_file) if not _is_resume_override(str(o)))
+        except Exception:
+            continue
+        checkpoints = _checkpoints_in(run / CHECKPOINT_DIR)
+        if theirs != wanted or not checkpoints:
+            continue
+        newest = max(p.stat().st_mtime for p in checkpoints)
+        if best is None or newest > best[0]:
+            best = (newest, run)
+    return best[1] if best else None
+
+
+def _loadable(path: Path) -> str | None:
+    """None if ``path`` is a complete Lightning training checkpoint, else what is wrong with it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, not a checkpoint at all, ...
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
+    return f"not a training checkpoint (no {', '.join(missing)})" if missing else None
+
+
+def first_loadable(candidates: list[Path]) -> Path:
+    """The first candidate that loads; a warning for each corrupt one passed over."""
+    problems = []
+    for path in candidates:
+        problem = _loadable(path)
+        if problem is None:
+            if problems:
+                log.warning("resuming from the previous checkpoint %s instead", path)
+            return path
+        log.warning("checkpoint %s is corrupt or truncated (%s)", path, problem)
+        problems.append(f"{path}: {problem}")
+    raise AmirError(
+        "no usable checkpoint to resume from: " + "; ".join(problems)
+        + ". Start afresh without resume= (or with resume=false), or point resume= at another checkpoint"
+    )
+
+
+def find_resume_checkpoint(resume, run_dir: Path, runs_root: Path, overrides: list[str]) -> Path | None:
+    """The checkpoint ``resume=`` asks for, or None to start afresh.
+
+    ``resume=true``: this run folder's checkpoints (a requeued SLURM job reuses its folder),
+    else the latest earlier run of the same command (same overrides), else start afresh.
+    ``resume=<run folder or .ckpt file>``: that one (a corrupt file falls back to the
+    other checkpoints beside it).
+    """
+    if resume is None or resume is False or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if resume is True or str(resume).lower() == "true":
+        candidates = _checkpoints_in(run_dir / CHECKPOINT_DIR)
+        if not candidates:
+            earlier = _earlier_run_of_same_command(runs_root, run_dir, overrides)
+            if earlier is None:
+                log.info("resume=true: no earlier run of this command under %s; starting afresh", runs_root)
+                return None
+            candidates = _checkpoints_in(earlier / CHECKPOINT_DIR)
+        return first_loadable(candidates)
+    path = Path(str(resume)).expanduser()
+    if path.is_file():
+        return first_loadable([path, *[p for p in _checkpoints_in(path.parent) if p != path]])
+    if path.is_dir():
+        candidates = _checkpoints_in(path / CHECKPOINT_DIR) or _checkpoints_in(path)
+        if candidates:
+            return first_loadable(candidates)
+    raise AmirError(f"resume={resume}: no checkpoint there (expected a .ckpt file or a run folder with "
+                    f"{CHECKPOINT_DIR}/{LAST}); use resume=true to find the last run of this command")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name == CHECKPOINT_DIR else folder

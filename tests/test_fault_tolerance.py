@@ -1,0 +1,118 @@
+"""Resume after kill -9 or a preemption signal, and corrupt checkpoints."""
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from amir_pl.cli import AmirError
+from amir_pl.fault_tolerance import find_resume_checkpoint
+from amir_pl.train import train
+from conftest import FAST, run_console_script
+
+TESTS = Path(__file__).parent
+# 80 training clips / 16 = 5 steps an epoch, 4 epochs = 20 steps; last.ckpt every 3 steps and each epoch end.
+RUN = [*FAST, "trainer.max_epochs=4", "callbacks.last_checkpoint.every_n_train_steps=3",
+       "+callbacks.crash._target_=crash.SignalAtStep"]
+
+
+def _train(tiny_h5, root: Path, *extra: str, crash_at: int | None = None, crash_signal: str = "SIGKILL"):
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    if crash_at is not None:
+        env.update(CRASH_AT_STEP=str(crash_at), CRASH_SIGNAL=crash_signal)
+    return run_console_script("amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra,
+                              cwd=root.parent, env=env)
+
+
+def _last(root: Path) -> dict:
+    (last,) = root.glob("train/*/checkpoints/last.ckpt")
+    return torch.load(last, map_location="cpu", weights_only=False)
+
+
+def _assert_same_training(resumed: dict, reference: dict):
+    assert resumed["global_step"] == reference["global_step"] == 20
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    ref_adam, res_adam = reference["optimizer_states"][0]["state"], resumed["optimizer_states"][0]["state"]
+    for key in ref_adam:
+        assert torch.equal(res_adam[key]["exp_avg"], ref_adam[key]["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_h5, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference") / "outputs"
+    result = _train(tiny_h5, root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _last(root)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(tiny_h5, tmp_path, uninterrupted):
+    root = tmp_path / "outputs"
+    # Workers read ahead of training: the resumed epoch must still start at the right batch.
+    killed = _train(tiny_h5, root, "data.num_workers=2", "logger=tensorboard", crash_at=13)  # epoch 2, batch 3; last.ckpt is step 12
+    assert killed.returncode == -signal.SIGKILL
+    (run_dir,) = root.glob("train/*")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
+
+    resumed = _train(tiny_h5, root, "data.num_workers=2", "logger=tensorboard", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"outputs continue in {run_dir}" in resumed.stdout + resumed.stderr
+    _assert_same_training(_last(root), uninterrupted)
+    # the same TensorBoard run, continued: one validation point per epoch, steps increasing
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/top1_error")] == [4, 9, 14, 19]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_saves_a_checkpoint_then_resume_finishes(tiny_h5, tmp_path, uninterrupted, signame):
+    root = tmp_path / "outputs"
+    stopped = _train(tiny_h5, root, "logger=csv", crash_at=13, crash_signal=signame)  # handled at the end of step 14
+    assert stopped.returncode == 128 + signal.Signals[signame], stopped.stderr[-3000:]
+    assert "resume=true" in stopped.stderr
+    assert _last(root)["global_step"] == 14  # saved by the signal, not by the every-3-steps schedule
+    resumed = _train(tiny_h5, root, "logger=csv", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_training(_last(root), uninterrupted)
+
+
+def test_resume_true_without_an_earlier_run_starts_afresh(tmp_path):
+    assert find_resume_checkpoint(True, tmp_path / "now", tmp_path, ["data.path=x.h5", "resume=true"]) is None
+    assert find_resume_checkpoint(False, tmp_path / "now", tmp_path, []) is None
+    with pytest.raises(AmirError, match="no checkpoint there"):
+        find_resume_checkpoint(str(tmp_path / "missing"), tmp_path / "now", tmp_path, [])
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(compose_cfg, tiny_h5, tmp_path, caplog):
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2", "logger=csv"]))
+    checkpoints = tmp_path / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    (best,) = checkpoints.glob("epoch*.ckpt")
+    last.write_bytes(last.read_bytes()[:5000])  # truncated, as a full disk would leave it
+
+    with caplog.at_level(logging.WARNING):
+        assert find_resume_checkpoint(str(tmp_path), tmp_path / "new", tmp_path, []) == best
+    assert f"checkpoint {last} is corrupt or truncated" in caplog.text
+
+    best.write_text("not a checkpoint")
+    with pytest.raises(AmirError, match="no usable checkpoint to resume from"):
+        find_resume_checkpoint(str(last), tmp_path / "new", tmp_path, [])
+
+
+def test_resume_from_a_run_folder_continues_there(compose_cfg, tiny_h5, tmp_path):
+    first = train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"]))
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2", "logger=csv",
+                                f"resume={tmp_path}"])
+    cfg.paths.output_dir = str(tmp_path / "elsewhere")
+    second = train(cfg)
+    assert cfg.paths.output_dir == str(tmp_path)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert second["test"]["n"] == first["test"]["n"]
