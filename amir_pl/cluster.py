@@ -49,9 +49,13 @@ def _in_multirun() -> bool:
 def check_launch(trainer) -> None:
     """AmirError for Hydra multirun with Lightning's own process launching (it would hang)."""
     launcher = trainer.strategy.launcher
-    if _in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and (
-        launcher.num_processes > 1 or launcher.num_nodes > 1
-    ):
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    starts_processes = (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not (environment is not None and environment.creates_processes_externally)
+        and (launcher.num_processes > 1 or launcher.num_nodes > 1)
+    )
+    if _in_multirun() and starts_processes:
         raise AmirError(
             "a Hydra multirun (-m) cannot start DDP processes itself (Lightning would re-run the whole sweep "
             "in every rank). Use -m hydra/launcher=slurm (cluster) or -m hydra/launcher=local (this machine), "

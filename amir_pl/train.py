@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from amir_pl.cli import CONFIG_DIR, user_errors
 from amir_pl.cluster import check_launch, cluster_plugins
 from amir_pl.data import H5DataModule
 from amir_pl.evaluate import finish, score_splits
-from amir_pl.fault_tolerance import AtomicCheckpointIO, Preempted, find_resume_checkpoint, run_dir_of
+from amir_pl.fault_tolerance import CHECKPOINT_DIR, AtomicCheckpointIO, Preempted, find_resume_checkpoint, run_dir_of
 from amir_pl.module import AmirModule
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     so checkpoints, TensorBoard and reports continue where they were."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_dir = Path(cfg.paths.output_dir)
-    checkpoint = find_resume_checkpoint(
-        cfg.get("resume"), run_dir, Path(cfg.paths.root_dir) / cfg.task_name, overrides
-    )
+    resume = cfg.get("resume")
+    if not resume and os.environ.get("SUBMITIT_EXECUTOR") and list(run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt")):
+        resume = str(run_dir)  # a job submitit requeued: it starts again in its own folder
+    checkpoint = find_resume_checkpoint(resume, run_dir, Path(cfg.paths.root_dir) / cfg.task_name, overrides)
     if checkpoint is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir_of(checkpoint))
