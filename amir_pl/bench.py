@@ -16,6 +16,12 @@
   44.1 kHz stereo recordings.
 - ``overhead``: ``Trainer.fit`` step rate against a bare PyTorch loop over the
   same model and the same batches, side by side in one run.
+- ``train``: end-to-end ``Trainer.fit`` training samples/s over a generated file for
+  each set of speed options (precision, channels_last, torch.compile, cudnn
+  benchmark, data.cache), each beside its bare-model ceiling: the same net and
+  options on random tensors already on the device.
+- ``stream``: one epoch over a file too big to cache (default 300,000 clips, ~10 GB)
+  with the training DataLoader: clips/s and the peak memory of every process.
 
 Results go to stdout and to ``bench.json`` in the run directory. Tests never time anything.
 """
@@ -33,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from amir_pl.cli import CONFIG_DIR, user_errors
+from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.data import H5DataModule
 from amir_pl.dataset_file import FeatureParams, write_synthetic
 from amir_pl.module import AmirModule
@@ -170,13 +176,121 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
     trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
     lightning = (cfg.steps - cfg.warmup) / (timer.end - timer.start)
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": _device_name(),
         "batch_size": cfg.batch_size, "input_shape": list(shape), "timed_steps": cfg.steps - cfg.warmup,
         "bare_steps_per_s": round(bare, 3), "lightning_steps_per_s": round(lightning, 3),
         "lightning_over_bare": round(lightning / bare, 3),
     }
     print(f"overhead: {result}", flush=True)
     return result
+
+
+class _EpochTimer(L.Callback):
+    """Wall time and samples of the last training epoch (the first one warms up: compile, cuDNN, page cache)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        _synchronize()
+        self.start, self.samples = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        _synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def _module(model_cfg: DictConfig, shape, options) -> AmirModule:
+    return AmirModule(net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+                      class_names=[str(i) for i in range(12)], features={}, input_shape=shape,
+                      channels_last=options.get("channels_last", False), compile=options.get("compile", False))
+
+
+def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, options) -> float:
+    """Samples/s of the bare training step with these options on random tensors already on the device."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = _module(model_cfg, shape, options).to(device)
+    module.configure_model()
+    net = module.net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 1, *shape, device=device)
+    y = torch.randint(0, 12, (batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=str(options.get("precision", "32")).startswith("bf16"))
+    warmup = max(3, steps // 5)
+    for step in range(warmup + steps):
+        if step == warmup:
+            _synchronize()
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+    _synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[dict]:
+    path = work_dir / "bench_train.h5"
+    per_class = -(-cfg.clips // 12)
+    write_synthetic(path, {"train": per_class}, features=FeatureParams(), overwrite=True)
+    shape = (FeatureParams().n_mels, FeatureParams().frames)
+    rows = []
+    try:
+        for name in cfg.run or list(cfg.variants):
+            if name not in cfg.variants:
+                raise AmirError(f"bench train.run: no variant {name!r}; choose from {list(cfg.variants)}")
+            options = dict(cfg.variants[name] or {})
+            datamodule = H5DataModule(str(path), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                      cache=options.get("cache", "none"), persistent_workers=True)
+            timer = _EpochTimer()
+            trainer = L.Trainer(
+                accelerator="auto", devices=1, max_epochs=cfg.epochs, precision=options.get("precision", "32-true"),
+                benchmark=options.get("benchmark", False), logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+                use_distributed_sampler=False,
+            )
+            trainer.fit(_module(model_cfg, shape, options), datamodule=datamodule)
+            end_to_end = timer.samples / timer.seconds
+            ceiling = _bare_ceiling(model_cfg, shape, cfg.batch_size, cfg.bare_steps, options)
+            row = {"variant": name, **options, "batch_size": cfg.batch_size, "clips": per_class * 12,
+                   "samples_per_s": round(end_to_end), "bare_ceiling_samples_per_s": round(ceiling),
+                   "of_ceiling": round(end_to_end / ceiling, 3), "device": _device_name()}
+            rows.append(row)
+            print(f"train: {row}", flush=True)
+    finally:
+        path.unlink(missing_ok=True)
+    return rows
+
+
+def bench_stream(cfg: DictConfig, work_dir: Path) -> dict:
+    """The training loader over a file of ``cfg.clips`` clips: one epoch, clips/s, peak memory per process."""
+    path = work_dir / "bench_stream.h5"
+    per_class = -(-cfg.clips // 12)
+    start = time.perf_counter()
+    write_synthetic(path, {"train": per_class}, features=FeatureParams(), overwrite=True)
+    written = time.perf_counter() - start
+    context = multiprocessing.get_context("spawn")
+    try:
+        queue = context.Queue()
+        process = context.Process(target=_loader_epoch,
+                                  args=(str(path), cfg.batch_size, cfg.num_workers, None, cfg.epochs, queue))
+        process.start()
+        result = queue.get()
+        process.join()
+    finally:
+        size = path.stat().st_size if path.exists() else 0
+        if not cfg.keep_file:
+            path.unlink(missing_ok=True)
+    row = {"clips": per_class * 12, "file_gb": round(size / 1e9, 2), "write_s": round(written, 1),
+           "num_workers": cfg.num_workers, "batch_size": cfg.batch_size, **result}
+    print(f"stream: {row}", flush=True)
+    return row
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _one_thread() -> None:
@@ -309,6 +423,10 @@ def bench(cfg: DictConfig) -> dict:
         results["predict"] = bench_predict(cfg.predict, cfg.model, Path(cfg.loader.work_dir or out_dir))
     if "overhead" in cfg.benches:
         results["overhead"] = bench_overhead(cfg.overhead, cfg.model)
+    if "train" in cfg.benches:
+        results["train"] = bench_train(cfg.train, cfg.model, Path(cfg.loader.work_dir or out_dir))
+    if "stream" in cfg.benches:
+        results["stream"] = bench_stream(cfg.stream, Path(cfg.loader.work_dir or out_dir))
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {out_dir / 'bench.json'}")
     return results

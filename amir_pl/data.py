@@ -15,6 +15,7 @@ disjoint slice and nothing is padded or repeated, so every clip counts once.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amir_pl.dataset_file import DatasetFileError, DatasetInfo, read_info
+
+log = logging.getLogger(__name__)
 
 
 class H5ClipDataset(Dataset):
@@ -104,6 +107,53 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 def _passthrough(batch):
     """collate_fn for a dataset whose ``__getitems__`` already returns a collated batch."""
     return batch
+
+
+class CachedSplit(Dataset):
+    """A whole split held in one tensor (host or GPU memory); a batch is one index gather.
+
+    With ``data.cache=device`` the clips never cross the PCIe bus after the first load
+    and the training loop needs no workers.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.x.device)
+        return self.x[index], self.y[index]
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, split: str, device: torch.device, block: int = 4096) -> "CachedSplit":
+        """Read ``split`` block by block straight into a tensor on ``device`` (no second host copy)."""
+        with h5py.File(path, "r") as handle:
+            x_data, y = handle[split]["x"], handle[split]["y"][()].astype(np.int64)
+            x = torch.empty(x_data.shape, dtype=_torch_dtype(x_data.dtype), device=device)
+            staging = torch.empty((min(block, len(y)), *x_data.shape[1:]), dtype=x.dtype)
+            if device.type == "cuda":
+                staging = staging.pin_memory()
+            for start in range(0, len(y), block):
+                stop = min(start + block, len(y))
+                x_data.read_direct(staging.numpy(), np.s_[start:stop], np.s_[: stop - start])
+                x[start:stop].copy_(staging[: stop - start])
+        return cls(x, torch.from_numpy(y).to(device))
+
+
+def cache_fits(nbytes: int, device: torch.device, fraction: float) -> tuple[bool, int]:
+    """Whether ``nbytes`` fit in ``fraction`` of the free memory of ``device`` (GPU or host)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return nbytes <= fraction * free, free
 
 
 class ShuffledRunBatchSampler(Sampler[list[int]]):
@@ -218,6 +268,8 @@ class H5DataModule(L.LightningDataModule):
         drop_last: bool = False,
         seed: int = 0,
         test_split: str = "test",
+        cache: str = "none",
+        cache_max_fraction: float = 0.7,
     ):
         super().__init__()
         self.path = Path(path)
@@ -231,6 +283,10 @@ class H5DataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.seed = seed
         self.test_split = test_split
+        if cache not in ("none", "memory", "device"):
+            raise DatasetFileError(f"data.cache={cache!r}: use none, memory or device")
+        self.cache, self.cache_max_fraction = cache, cache_max_fraction
+        self._cached: dict[str, CachedSplit] = {}
         self._info: DatasetInfo | None = None
         self._resume_position: dict | None = None
 
@@ -250,7 +306,34 @@ class H5DataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _cache_device(self) -> torch.device:
+        if self.cache == "device" and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _cached_split(self, split: str) -> CachedSplit | None:
+        """The split held in memory when ``cache`` asks for it and it fits; None: stream it."""
+        if self.cache == "none":
+            return None
+        if split not in self._cached:
+            device = self._cache_device()
+            clip_bytes = math.prod(self.info.input_shape) * np.dtype(self.info.dtype).itemsize
+            nbytes = self.info.splits[split] * clip_bytes
+            fits, free = cache_fits(nbytes, device, self.cache_max_fraction)
+            if not fits:
+                log.warning("data.cache=%s: split %r needs %.2f GB, more than %.0f%% of the %.2f GB free on %s; "
+                            "streaming it from the file instead", self.cache, split, nbytes / 1e9,
+                            100 * self.cache_max_fraction, free / 1e9, device)
+                self._cached[split] = None
+            else:
+                self._cached[split] = CachedSplit.load(self.path, split, device)
+        return self._cached[split]
+
     def _loader(self, split: str, batch_sampler: Sampler) -> DataLoader:
+        cached = self._cached_split(split)
+        if cached is not None:  # already collated tensors in memory: no workers, no pinning
+            return DataLoader(cached, batch_sampler=batch_sampler, collate_fn=_passthrough,
+                              generator=torch.Generator().manual_seed(self.seed))
         workers = self.num_workers
         return DataLoader(
             H5ClipDataset(self.path, split, self.info.splits[split]),
@@ -282,7 +365,8 @@ class H5DataModule(L.LightningDataModule):
         sampler = ShuffledRunBatchSampler(
             self.info.splits["train"],
             self.batch_size,
-            self.read_run or self.info.chunk_clips,
+            # In memory, runs buy nothing: fully random batches unless read_run says otherwise.
+            self.read_run or (1 if self._cached_split("train") is not None else self.info.chunk_clips),
             seed=self.seed,
             rank=rank,
             num_replicas=world,

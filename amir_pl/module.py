@@ -61,6 +61,8 @@ class AmirModule(L.LightningModule):
         input_shape: Sequence[int],
         loss_reduction: str = "mean",
         scheduler: Mapping | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
@@ -77,6 +79,10 @@ class AmirModule(L.LightningModule):
                 "loss_reduction": loss_reduction,
             }
         )
+        # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
+        # loads the same whatever they were during training.
+        self.channels_last = channels_last
+        self.compile_mode = compile
         self.class_names = list(class_names)
         self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
         num_classes = len(class_names)
@@ -88,6 +94,16 @@ class AmirModule(L.LightningModule):
         self.test_metrics = classification_metrics(num_classes)
         self.results: dict[str, dict] = {}  # stage -> computed metrics of the last epoch, on CPU
         self.eval_split = "test"  # which split the test loop is scoring (named in logs and results)
+
+    def configure_model(self) -> None:
+        """``channels_last`` (NHWC convolutions: faster with cuDNN and on CPUs) and ``compile``
+        (torch.compile of the net, in place: the state_dict keys do not change)."""
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_mode and not getattr(self, "_compiled", False):
+            mode = None if self.compile_mode is True else str(self.compile_mode)
+            self.net.compile(mode=mode)
+            self._compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())

@@ -4,7 +4,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from amir_pl.data import ContiguousBatchSampler, H5ClipDataset, H5DataModule, ShuffledRunBatchSampler
+from amir_pl.data import CachedSplit, ContiguousBatchSampler, H5ClipDataset, H5DataModule, ShuffledRunBatchSampler
 from amir_pl.dataset_file import DatasetFileError, DatasetWriter, FeatureParams, read_info
 
 FEATURES = FeatureParams(n_mels=4, clip_samples=4 * 512)  # 4 x 5 clips: the content is the test here
@@ -187,3 +187,29 @@ def test_writer_leaves_nothing_at_the_output_path_on_failure(tmp_path):
     assert read_info(path).splits == {"train": 2}
     with pytest.raises(FileExistsError):
         DatasetWriter(path, ["a"], FEATURES)
+
+
+@pytest.mark.parametrize("cache", ["memory", "device"])  # device is the CPU here: the same code path
+def test_cached_split_gives_the_same_clips_without_reading_the_file(indexed_h5, cache, monkeypatch):
+    streamed = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, seed=3)
+    cached = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, seed=3, cache=cache, read_run=None)
+    loader = cached.train_dataloader()
+    assert isinstance(loader.dataset, CachedSplit)
+    monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *a, **k: pytest.fail("read from the file"))
+    ids = _clip_ids(loader)
+    assert sorted(ids) == list(range(N_TRAIN))
+    # cached training batches are fully random (runs of 1), unlike the streamed runs of a chunk
+    assert loader.batch_sampler.run_length == 1 and streamed.train_dataloader().batch_sampler.run_length > 1
+    monkeypatch.undo()
+    assert _clip_ids(cached.val_dataloader()) == list(range(N_VAL))
+
+
+def test_cache_that_does_not_fit_streams_instead(indexed_h5, monkeypatch, caplog):
+    import amir_pl.data as data
+
+    monkeypatch.setattr(data, "cache_fits", lambda nbytes, device, fraction: (False, 1000))
+    dm = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, cache="memory")
+    assert isinstance(dm.train_dataloader().dataset, H5ClipDataset)
+    assert "streaming it from the file instead" in caplog.text
+    with pytest.raises(DatasetFileError, match="data.cache='gpu'"):
+        H5DataModule(str(indexed_h5), cache="gpu")

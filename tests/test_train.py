@@ -149,3 +149,18 @@ def test_gpu_bf16_fit(compose_cfg, tiny_h5, tmp_path):
     summaries = train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.num_workers=2"]))
     assert summaries["test"]["n"] == N_TEST
     assert summaries["test"]["top1_error"] < 0.4
+
+
+@pytest.mark.slow
+def test_speed_options_train_and_leave_portable_checkpoints(compose_cfg, tiny_h5, tmp_path):
+    from amir_pl.module import AmirModule
+
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv",
+                                "module.channels_last=true", "module.compile=true", "data.cache=memory"])
+    summaries = train(cfg)
+    assert summaries["test"]["n"] == N_TEST
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)  # compiled in place: the plain net's keys
+    model = AmirModule.load_from_checkpoint(ckpt, map_location="cpu")
+    assert not model.channels_last and not model.compile_mode  # speed options are not model hyperparameters
