@@ -116,3 +116,13 @@ def test_resume_from_a_run_folder_continues_there(compose_cfg, tiny_h5, tmp_path
     assert cfg.paths.output_dir == str(tmp_path)
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
     assert second["test"]["n"] == first["test"]["n"]
+
+
+def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny_h5, tmp_path, monkeypatch):
+    from amir_pl.train import _resume_checkpoint
+
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"]))
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv"])  # resume=false
+    assert _resume_checkpoint(cfg) is None  # an ordinary run never picks up checkpoints by itself
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert _resume_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
