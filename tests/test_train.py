@@ -151,6 +151,26 @@ def test_gpu_bf16_fit(compose_cfg, tiny_h5, tmp_path):
     assert summaries["test"]["top1_error"] < 0.4
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_split_cached_in_device_memory(compose_cfg, tiny_h5, tmp_path, monkeypatch):
+    from amir_pl.data import H5DataModule
+
+    seen = []
+    original = H5DataModule._cached_split
+
+    def spy(self, split):
+        cached = original(self, split)
+        seen.append((split, cached.x.device.type if cached is not None else None))
+        return cached
+
+    monkeypatch.setattr(H5DataModule, "_cached_split", spy)
+    summaries = train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.cache=device",
+                                            "module.channels_last=true", "trainer.benchmark=true"]))
+    assert ("train", "cuda") in seen and ("val", "cuda") in seen
+    assert summaries["test"]["n"] == N_TEST and summaries["test"]["top1_error"] < 0.4
+
+
 @pytest.mark.slow
 def test_speed_options_train_and_leave_portable_checkpoints(compose_cfg, tiny_h5, tmp_path):
     from amir_pl.module import AmirModule
