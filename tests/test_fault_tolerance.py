@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,28 @@ def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny
     assert _resume_checkpoint(cfg) is None  # an ordinary run never picks up checkpoints by itself
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert _resume_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
+
+
+def test_sigusr2_under_submitit_saves_first_then_hands_over_to_submitit(compose_cfg, tiny_h5, tmp_path,
+                                                                        monkeypatch):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    calls = []
+
+    def submitit_requeue(signum, frame):  # stands in for submitit's checkpoint_and_try_requeue
+        calls.append((signum, last.is_file()))
+        sys.exit(-1)
+
+    submitit_requeue.__module__ = "submitit.core.job_environment"
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    monkeypatch.setenv("CRASH_AT_STEP", "3")
+    monkeypatch.setenv("CRASH_SIGNAL", "SIGUSR2")
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv",
+                                "callbacks.last_checkpoint.every_n_train_steps=null",
+                                "+callbacks.crash._target_=crash.SignalAtStep"])
+    try:
+        with pytest.raises(SystemExit):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [(signal.SIGUSR2, True)]  # submitit was called once, with the checkpoint already saved
+    assert torch.load(last, weights_only=False)["global_step"] == 4
