@@ -10,7 +10,7 @@ B_CLIPS ?= 40
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages test test-fast quickstart results bench clean
+.PHONY: install system-packages test test-fast quickstart results results-medium bench clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,19 @@ results: system-packages install
 	    ckpt_path=$$(ls -t outputs/results_$$model/*/checkpoints/epoch*.ckpt | head -1) || exit 1; \
 	done
 	$(BIN)/amir-baseline data.path=$(DATA)/quickstart.h5 also_evaluate=[$(DATA)/quickstart_b.h5] task_name=results_baseline
+
+# The larger built-in set on a CPU (README, "A larger set"): 400 clips per class, ~1 h on 2 cores.
+results-medium: system-packages install
+	$(BIN)/amir-synth output=$(DATA)/medium clips_per_class=400 overwrite=true
+	$(BIN)/amir-prepare source=$(DATA)/medium output=$(DATA)/medium.h5 overwrite=true
+	test -f $(DATA)/quickstart_b.h5 || $(MAKE) results
+	for model in paper paper_as_run; do \
+	  $(BIN)/amir-train data.path=$(DATA)/medium.h5 experiment=quickstart model=$$model task_name=medium_$$model \
+	    module.channels_last=true trainer.enable_progress_bar=false && \
+	  $(BIN)/amir-evaluate data.path=$(DATA)/quickstart_b.h5 task_name=medium_$${model}_b \
+	    ckpt_path=$$(ls -t outputs/medium_$$model/*/checkpoints/epoch*.ckpt | head -1) || exit 1; \
+	done
+	$(BIN)/amir-baseline data.path=$(DATA)/medium.h5 also_evaluate=[$(DATA)/quickstart_b.h5] task_name=medium_baseline
 
 bench: install
 	$(BIN)/amir-bench
