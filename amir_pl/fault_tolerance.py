@@ -191,7 +191,7 @@ def _is_resume_override(override: str) -> bool:
     return override.lstrip("+").split("=", 1)[0] == "resume"
 
 
-def _checkpoints_in(folder: Path) -> list[Path]:
+def checkpoints_in(folder: Path) -> list[Path]:
     """``last.ckpt`` first, then the other checkpoints, newest first."""
     found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
     return sorted(found, key=lambda p: (p.name != LAST, -p.stat().st_mtime))
@@ -209,7 +209,7 @@ def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: 
             theirs = sorted(o for o in OmegaConf.load(overrides_file) if not _is_resume_override(str(o)))
         except Exception:
             continue
-        checkpoints = _checkpoints_in(run / CHECKPOINT_DIR)
+        checkpoints = checkpoints_in(run / CHECKPOINT_DIR)
         if theirs != wanted or not checkpoints:
             continue
         newest = max(p.stat().st_mtime for p in checkpoints)
@@ -256,19 +256,19 @@ def find_resume_checkpoint(resume, run_dir: Path, runs_root: Path, overrides: li
     if resume is None or resume is False or str(resume).lower() in ("false", "none", "null", ""):
         return None
     if resume is True or str(resume).lower() == "true":
-        candidates = _checkpoints_in(run_dir / CHECKPOINT_DIR)
+        candidates = checkpoints_in(run_dir / CHECKPOINT_DIR)
         if not candidates:
             earlier = _earlier_run_of_same_command(runs_root, run_dir, overrides)
             if earlier is None:
                 log.info("resume=true: no earlier run of this command under %s; starting afresh", runs_root)
                 return None
-            candidates = _checkpoints_in(earlier / CHECKPOINT_DIR)
+            candidates = checkpoints_in(earlier / CHECKPOINT_DIR)
         return first_loadable(candidates)
     path = Path(str(resume)).expanduser()
     if path.is_file():
-        return first_loadable([path, *[p for p in _checkpoints_in(path.parent) if p != path]])
+        return first_loadable([path, *[p for p in checkpoints_in(path.parent) if p != path]])
     if path.is_dir():
-        candidates = _checkpoints_in(path / CHECKPOINT_DIR) or _checkpoints_in(path)
+        candidates = checkpoints_in(path / CHECKPOINT_DIR) or checkpoints_in(path)
         if candidates:
             return first_loadable(candidates)
     raise AmirError(f"resume={resume}: no checkpoint there (expected a .ckpt file or a run folder with "

@@ -22,7 +22,14 @@ from amir_pl.cli import CONFIG_DIR, user_errors
 from amir_pl.cluster import check_launch, cluster_plugins
 from amir_pl.data import H5DataModule
 from amir_pl.evaluate import finish, score_splits
-from amir_pl.fault_tolerance import CHECKPOINT_DIR, AtomicCheckpointIO, Preempted, find_resume_checkpoint, run_dir_of
+from amir_pl.fault_tolerance import (
+    CHECKPOINT_DIR,
+    AtomicCheckpointIO,
+    Preempted,
+    checkpoints_in,
+    find_resume_checkpoint,
+    run_dir_of,
+)
 from amir_pl.module import AmirModule
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     run_dir = Path(cfg.paths.output_dir)
     resume = cfg.get("resume")
-    if not resume and os.environ.get("SUBMITIT_EXECUTOR") and list(run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt")):
+    if not resume and os.environ.get("SUBMITIT_EXECUTOR") and checkpoints_in(run_dir / CHECKPOINT_DIR):
         resume = str(run_dir)  # a job submitit requeued: it starts again in its own folder
     checkpoint = find_resume_checkpoint(resume, run_dir, Path(cfg.paths.root_dir) / cfg.task_name, overrides)
     if checkpoint is not None:
