@@ -123,7 +123,9 @@ class CachedSplit(Dataset):
         return len(self.y)
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.x.device)
+        # non_blocking: building the index on the host and copying it must not wait for the
+        # GPU to finish the previous step (a blocking copy synchronises the stream).
+        index = torch.as_tensor(indices).to(self.x.device, non_blocking=True)
         return self.x[index], self.y[index]
 
     def __getitem__(self, index: int):

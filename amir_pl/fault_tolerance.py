@@ -126,8 +126,9 @@ class Preempted(Exception):
 class PreemptionCheckpoint(Callback):
     """On a preemption signal: finish the current batch, save ``last.ckpt``, stop.
 
-    The signal only sets a flag; every ``check_every_n_steps`` steps the ranks agree on
-    it (one all-reduce), then all save together and raise ``Preempted`` (amir-train
+    The signal only sets a flag. A single process checks it after every step (free); in a
+    multi-process run the ranks agree on it every ``check_every_n_steps`` steps (one
+    all-reduce, which waits for the GPU, so not every step), then all save together and raise ``Preempted`` (amir-train
     exits with 128 + the signal number). A previous handler that belongs to submitit
     (its SIGUSR2 requeue) runs after the save, so submitit requeues the job with the
     checkpoint already on disk.
@@ -161,7 +162,7 @@ class PreemptionCheckpoint(Callback):
         self._restore_handlers()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.check_every_n_steps:
+        if trainer.world_size > 1 and trainer.global_step % self.check_every_n_steps:
             return
         if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return

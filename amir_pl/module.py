@@ -86,8 +86,11 @@ class AmirModule(L.LightningModule):
         self.class_names = list(class_names)
         self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
         num_classes = len(class_names)
-        self.train_loss = MeanMetric()
-        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        # Training-step metrics must not wait for the GPU: the default NaN check and argument
+        # validation each read a value back to the host, stalling every step (seen on an H200).
+        # A NaN loss still shows: it propagates into train/loss.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_loss = MeanMetric()
         self.val_metrics = classification_metrics(num_classes)
         self.test_loss = MeanMetric()
@@ -116,9 +119,13 @@ class AmirModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits, y, loss = self._step(batch)
-        self.train_loss(loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1), len(y))
-        self.train_accuracy(logits.detach(), y)
-        self.log("train/loss_step", loss.detach(), prog_bar=True, batch_size=len(y))
+        mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
+        # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
+        self.train_loss.update(mean_loss.expand(len(y)))
+        self.train_accuracy.update(logits.detach(), y)
+        # Not on the progress bar: Lightning turns progress-bar values into Python numbers after every
+        # step, bar shown or not, and on a GPU each such read waits for the step to finish.
+        self.log("train/loss_step", loss.detach(), batch_size=len(y))
         return loss
 
     def on_train_epoch_end(self):

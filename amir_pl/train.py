@@ -16,6 +16,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amir_pl.cli import CONFIG_DIR, user_errors
@@ -78,9 +79,10 @@ def train(cfg: DictConfig) -> dict[str, dict]:
             checkpoint_cfg.filename = "epoch{epoch:03d}"
     loggers = _instantiate_all(cfg.get("logger"))
     plugins = [AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.devices, cfg.trainer.num_nodes)]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False, plugins=plugins
-    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it may not show
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

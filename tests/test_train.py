@@ -1,7 +1,9 @@
 import json
+import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -169,6 +171,87 @@ def test_gpu_split_cached_in_device_memory(compose_cfg, tiny_h5, tmp_path, monke
                                             "module.channels_last=true", "trainer.benchmark=true"]))
     assert ("train", "cuda") in seen and ("val", "cuda") in seen
     assert summaries["test"]["n"] == N_TEST and summaries["test"]["top1_error"] < 0.4
+
+
+class _StepWindow(L.Callback):
+    """Checks what runs between the end of one training step and the end of the next, after
+    warm-up and within an epoch (epoch ends legitimately read metrics back). Counts checked steps."""
+
+    checked = expected = 0  # class-wide: Hydra makes the instance
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.set_checking(False)
+        if 2 <= batch_idx < trainer.num_training_batches - 1:
+            type(self).checked += 1  # this step ran from start to end under the check
+        if 1 <= batch_idx < trainer.num_training_batches - 2:
+            self.set_checking(True)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.set_checking(False)
+        type(self).expected += trainer.num_training_batches - 3
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.set_checking(False)  # before Lightning's teardown, and before any later test
+
+    def set_checking(self, on: bool) -> None:
+        raise NotImplementedError
+
+
+class FailOnGpuSync(_StepWindow):
+    """Any host-GPU synchronisation in the window is an error: it idles the GPU every step."""
+
+    def set_checking(self, on: bool) -> None:
+        torch.cuda.set_sync_debug_mode("error" if on else "default")
+
+
+class FailOnHostRead(_StepWindow):
+    """The CPU stand-in for FailOnGpuSync: reading a tensor's value back into Python (``item``,
+    ``bool``, ``tolist``, ``cpu``, ``numpy``, ``torch.unique``) is an error in the window. On a GPU
+    each of these waits for the step to finish. The optimiser's step counters live on the host
+    by design (torch.optim keeps them there unless ``capturable``), so torch.optim is exempt."""
+
+    METHODS = ("item", "__bool__", "tolist", "cpu", "numpy")
+
+    def __init__(self):
+        self.originals = {name: getattr(torch.Tensor, name) for name in self.METHODS}
+        self.original_unique = torch.unique
+
+    def set_checking(self, on: bool) -> None:
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, self._guard(original) if on else original)
+        torch.unique = self._guard(self.original_unique) if on else self.original_unique
+
+    @staticmethod
+    def _guard(function):
+        def guarded(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"torch{os.sep}optim{os.sep}" not in caller:
+                raise AssertionError(f"{function.__name__}() reads a tensor back to the host during a training step "
+                                     f"({caller}:{sys._getframe(1).f_lineno})")
+            return function(*args, **kwargs)
+
+        return guarded
+
+
+def test_training_steps_never_read_values_back(compose_cfg, tiny_h5):
+    # A read in the step once stalled every step on an H200 (Lightning at 0.55-0.74 of the bare loop
+    # at batch 64): torchmetrics' NaN check and Lightning's progress-bar copy of the step loss.
+    # data.cache=memory: batches are index gathers, so reading the file (host work) is out of the window.
+    FailOnHostRead.checked = FailOnHostRead.expected = 0
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "data.batch_size=8", "data.cache=memory",
+                                "trainer.log_every_n_steps=1000", "+callbacks.guard._target_=test_train.FailOnHostRead"]))
+    assert FailOnHostRead.checked == FailOnHostRead.expected >= 3 * 7  # 10 batches an epoch, 3 epochs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cache", ["device", "none"])
+def test_gpu_training_steps_never_wait_for_the_gpu(compose_cfg, tiny_h5, cache):
+    FailOnGpuSync.checked = FailOnGpuSync.expected = 0
+    train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.batch_size=8",
+                                f"data.cache={cache}", "trainer.log_every_n_steps=1000",
+                                "+callbacks.guard._target_=test_train.FailOnGpuSync"]))
+    assert FailOnGpuSync.checked == FailOnGpuSync.expected >= 3 * 7
 
 
 @pytest.mark.slow
