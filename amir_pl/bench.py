@@ -380,7 +380,7 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
     from omegaconf import OmegaConf
 
     from amir_pl.labels import CLASS_NAMES
-    from amir_pl.predict import predict
+    from amir_pl.predict import last_level_cache_bytes, predict
 
     features = FeatureParams()
     module = AmirModule(net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
@@ -402,7 +402,8 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
     audio_seconds = sum(row["duration_s"] for row in rows)
     result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
               "windows": sum(row["windows_used"] for row in rows), "hop_seconds": predict_cfg.hop_seconds,
-              "num_workers": cfg.num_workers, "torch_threads": torch.get_num_threads(),
+              "num_workers": cfg.num_workers, "torch_threads": torch.get_num_threads(), "batch_size": cfg.batch_size,
+              "cpu_last_level_cache_mb": round((last_level_cache_bytes() or 0) / 2**20),
               "device": "cuda" if torch.cuda.is_available() else "cpu",
               "seconds_of_audio_per_second": round(audio_seconds / elapsed, 1)}
     for path in paths:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import multiprocessing
 import sys
 from dataclasses import dataclass, field
@@ -165,6 +166,8 @@ def predict(cfg: DictConfig) -> list[dict]:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     # channels_last: the convolutions run about twice as fast on a CPU (measured; README, Performance).
     net = module.net.to(device, memory_format=torch.channels_last).eval()
+    channels = int((module.hparams.get("net") or {}).get("channels", 64))
+    batch_size = _batch_size(cfg.batch_size, device, channels * math.prod(module.hparams["input_shape"]) * 4)
 
     files, problems = find_inputs(cfg.inputs)
     results = [FileResult(str(path)) for path in files]
@@ -178,8 +181,8 @@ def predict(cfg: DictConfig) -> list[dict]:
             result.status, result.error = "error", windows.error
         if windows.mels is not None:
             result.offsets += windows.offsets
-            for start in range(0, len(windows.mels), cfg.batch_size):
-                batch = windows.mels[start : start + cfg.batch_size].unsqueeze(1)
+            for start in range(0, len(windows.mels), batch_size):
+                batch = windows.mels[start : start + batch_size].unsqueeze(1)
                 batch = batch.to(device, memory_format=torch.channels_last)
                 with torch.inference_mode():
                     probabilities[windows.task.file_index].append(torch.softmax(net(batch), dim=1).float().cpu().numpy())
@@ -204,6 +207,33 @@ def predict(cfg: DictConfig) -> list[dict]:
         details = "; ".join(f"{row['file']}: {row['error']}" for row in rows[:5]) or "no input files"
         raise AmirError(f"nothing could be processed ({details})")
     return rows
+
+
+def _batch_size(value, device: torch.device, window_activation_bytes: int) -> int:
+    """Windows per forward pass. ``auto``: 256 on a GPU; on a CPU as many windows as keep the first
+    layer's output in the CPU's last-level cache between the convolution and the pooling
+    (measured on a 2-core EPYC with 32 MB of L3: 5.5-6.2 ms a window at 6, 8.4 at 8, 10 at 64)."""
+    if value == "auto":
+        if device.type != "cpu":
+            return 256
+        cache = last_level_cache_bytes()
+        return max(1, min(64, int(0.8 * cache / window_activation_bytes))) if cache else 4
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise AmirError(f"batch_size={value!r}: expected a positive number of windows or 'auto'")
+
+
+def last_level_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The size of the largest CPU cache that Linux reports for cpu0, or None."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    sizes = []
+    for path in Path(cache_dir).glob("index*/size"):
+        text = path.read_text().strip()
+        if text[-1:] in units and text[:-1].isdigit():
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=None)
 
 
 def _run(tasks, num_workers: int, init_args):

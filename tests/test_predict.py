@@ -9,7 +9,7 @@ from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams
 from amir_pl.evaluate import load_checkpoint
-from amir_pl.predict import aggregate, predict
+from amir_pl.predict import _batch_size, aggregate, last_level_cache_bytes, predict
 from test_prepare import write_tone
 
 
@@ -49,10 +49,11 @@ def test_any_length_rate_and_channels_and_outputs(compose_cfg, checkpoint, audio
     assert lines[0].startswith("file,duration_s,windows_used,silent_windows,padded,status,top1") and len(lines) == 6
 
 
-def test_long_file_equals_the_mean_of_its_windows_computed_directly(compose_cfg, checkpoint, audio_files):
+@pytest.mark.parametrize("batch_size", ["auto", "3"])
+def test_long_file_equals_the_mean_of_its_windows_computed_directly(compose_cfg, checkpoint, audio_files, batch_size):
     path = audio_files["ten_seconds_16k"]
     rows = run_predict(compose_cfg, checkpoint, str(path), "timeline=true", "hop_seconds=0.5", "num_workers=2",
-                       "windows_per_task=5")
+                       "windows_per_task=5", f"batch_size={batch_size}")
     row = rows[0]
     module = load_checkpoint(checkpoint).eval()
     features = FeatureParams.from_mapping(module.hparams["features"])
@@ -107,3 +108,20 @@ def test_console_script(checkpoint, audio_files, tmp_path):
     result = run_console_script("amir-predict", f"ckpt_path={checkpoint}", f"inputs={tmp_path / 'nothing'}",
                                 f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     assert result.returncode == 2 and "amir-predict: error: nothing could be processed" in result.stderr
+
+
+def test_batch_size_auto_fits_the_first_layer_in_the_cpu_cache(tmp_path):
+    for index, size in enumerate(["64K", "1024K", "32768K"]):  # L1, L2, L3 as Linux reports them
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    assert last_level_cache_bytes(tmp_path) == 32 * 1024**2
+    assert last_level_cache_bytes(tmp_path / "missing") is None
+    window = 64 * 128 * 130 * 4  # the thesis net's first-layer output for one window, float32
+    cache = last_level_cache_bytes()
+    expected = max(1, min(64, int(0.8 * cache / window))) if cache else 4
+    assert _batch_size("auto", torch.device("cpu"), window) == expected
+    assert _batch_size("auto", torch.device("cuda"), window) == 256
+    assert _batch_size(16, torch.device("cpu"), window) == 16
+    for bad in (0, -2, "big", 2.5, True):
+        with pytest.raises(AmirError, match="batch_size"):
+            _batch_size(bad, torch.device("cpu"), window)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
+from amir_pl.audio import RESAMPLING, MelFrontEnd, frame_rms, probe, read_clips, resample
 from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams, read_info
 from amir_pl.prepare import prepare
@@ -143,6 +143,31 @@ def test_clip_level_gate_and_features_match_librosa(tmp_path):
     assert np.abs(db - librosa.power_to_db(expected)).max() < 1e-2
     rms = librosa.feature.rms(y=clip).mean()
     assert frame_rms(torch.from_numpy(clip)[None]).item() == pytest.approx(rms, rel=1e-5)
+    odd = librosa.feature.rms(y=clip, frame_length=1000, hop_length=300).mean()  # frames not whole hops
+    assert frame_rms(torch.from_numpy(clip)[None], 1000, 300).item() == pytest.approx(odd, rel=1e-5)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_decoded_mono_equals_soundfiles_float_samples(tmp_path, subtype):
+    # 16-bit files are read as integers and scaled by amir-pl itself: the same float32 samples.
+    path = write_tone(tmp_path / "tone.wav", 1, sample_rate=22050, freq=440.0, channels=3, subtype=subtype)
+    ours = torch.cat([block.clips for block in read_clips(probe(path), FeatureParams(clip_samples=11025))])
+    channels, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    expected = (channels[:, 0] + channels[:, 1] + channels[:, 2]) / 3
+    assert torch.equal(ours.reshape(-1), torch.from_numpy(expected[:22050]))
+
+
+@pytest.mark.parametrize("orig", [8000, 11025, 16000, 44100, 48000, 88200, 96000])
+def test_resample_equals_torchaudio(orig):
+    import torchaudio
+
+    waveforms = torch.randn(3, 2 * orig + 7, generator=torch.Generator().manual_seed(orig))
+    expected = torchaudio.transforms.Resample(orig, 22050, **RESAMPLING)(waveforms)
+    got = resample(waveforms, orig, 22050)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(resample(waveforms[0], orig, 22050), expected[0], rtol=0, atol=1e-5)  # 1-D too
+    assert resample(waveforms, 22050, 22050) is waveforms
 
 
 def test_blockwise_resampling_equals_whole_file(tmp_path):

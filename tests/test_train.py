@@ -131,6 +131,16 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
     assert module_run.returncode == 2 and "amir-train: error: data.path is required" in module_run.stderr
 
 
+@pytest.mark.parametrize("experiment", ["paper", "quickstart", "builtin_large"])
+def test_every_experiment_trains(compose_cfg, tiny_h5, experiment):
+    # One short epoch of each shipped recipe, so none of them breaks unnoticed (their full runs
+    # are the README's results; builtin_large's full run needs a GPU).
+    cfg = compose_cfg("train", [f"experiment={experiment}", f"data.path={tiny_h5}", "trainer.max_epochs=1",
+                                "trainer.enable_progress_bar=false", "data.num_workers=0", "trainer.accelerator=cpu",
+                                "trainer.limit_train_batches=2", "logger=csv"])
+    assert train(cfg)["test"]["n"] == N_TEST
+
+
 def test_paper_experiment_and_overrides_compose(compose_cfg):
     cfg = compose_cfg("train", ["experiment=paper", "data.path=x.h5"])
     assert cfg.trainer.max_epochs == 30 and cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-4
