@@ -128,10 +128,10 @@ class PreemptionCheckpoint(Callback):
 
     The signal only sets a flag. A single process checks it after every step (free); in a
     multi-process run the ranks agree on it every ``check_every_n_steps`` steps (one
-    all-reduce, which waits for the GPU, so not every step), then all save together and raise ``Preempted`` (amir-train
-    exits with 128 + the signal number). A previous handler that belongs to submitit
-    (its SIGUSR2 requeue) runs after the save, so submitit requeues the job with the
-    checkpoint already on disk.
+    all-reduce, which waits for the GPU, so not every step), then all save together and
+    raise ``Preempted`` (amir-train exits with 128 + the signal number). A previous handler
+    that belongs to submitit (its SIGUSR2 requeue) runs after the save, so submitit requeues
+    the job with the checkpoint already on disk.
     """
 
     def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), check_every_n_steps: int = 1):

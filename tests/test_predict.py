@@ -116,12 +116,14 @@ def test_batch_size_auto_fits_the_first_layer_in_the_cpu_cache(tmp_path):
         (tmp_path / f"index{index}" / "size").write_text(size + "\n")
     assert last_level_cache_bytes(tmp_path) == 32 * 1024**2
     assert last_level_cache_bytes(tmp_path / "missing") is None
-    window = 64 * 128 * 130 * 4  # the thesis net's first-layer output for one window, float32
-    cache = last_level_cache_bytes()
-    expected = max(1, min(64, int(0.8 * cache / window))) if cache else 4
-    assert _batch_size("auto", torch.device("cpu"), window) == expected
-    assert _batch_size("auto", torch.device("cuda"), window) == 256
-    assert _batch_size(16, torch.device("cpu"), window) == 16
+    window = 64 * 128 * 130 * 4  # the thesis net's first-layer output for one window, float32 (4.26 MB)
+    cpu = torch.device("cpu")
+    assert _batch_size("auto", cpu, window, 32 * 1024**2) == 6  # 80 % of 32 MiB holds 6 windows
+    assert _batch_size("auto", cpu, window, 1024**2) == 1  # never fewer than one window
+    assert _batch_size("auto", cpu, window, 2 * 1024**3) == 64  # nor more than 64
+    assert _batch_size("auto", cpu, window, None) == 4  # no cache size reported
+    assert _batch_size("auto", torch.device("cuda"), window, 32 * 1024**2) == 256
+    assert _batch_size(16, cpu, window, None) == 16
     for bad in (0, -2, "big", 2.5, True):
         with pytest.raises(AmirError, match="batch_size"):
-            _batch_size(bad, torch.device("cpu"), window)
+            _batch_size(bad, cpu, window, None)
