@@ -220,6 +220,18 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
     return out, nonfinite
 
 
+DEFAULT_RMS_THRESHOLD = 0.01  # the thesis's silence gate
+
+
+def silence_gate(override, trained_features) -> float:
+    """The silence gate to apply: ``override`` if given, else the one the checkpoint's training data
+    passed (``features["rms_threshold"]``), else the thesis's 0.01 (checkpoints from before it was stored)."""
+    if override is not None:
+        return float(override)
+    stored = (trained_features or {}).get("rms_threshold")
+    return float(stored) if stored is not None else DEFAULT_RMS_THRESHOLD
+
+
 def frame_rms(clips: torch.Tensor, frame_length: int = 2048, hop_length: int = 512) -> torch.Tensor:
     """Mean over frames of each clip's frame RMS, as ``librosa.feature.rms(y).mean()`` (centred, zero-padded)."""
     padded = torch.nn.functional.pad(clips, (frame_length // 2, frame_length // 2))

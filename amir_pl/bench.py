@@ -15,7 +15,9 @@
   the thesis ConvNet on 3 s windows every 1.5 s, aggregation) on generated
   44.1 kHz stereo recordings.
 - ``overhead``: ``Trainer.fit`` step rate against a bare PyTorch loop over the
-  same model and the same batches, side by side in one run.
+  same model and the same batches, side by side in one run: both wait for the GPU only
+  at the ends of the timed window, the order alternates over ``overhead.rounds`` rounds
+  (bare, Lightning, Lightning, bare, ...), and the medians are reported with every round.
 - ``train``: end-to-end ``Trainer.fit`` training samples/s over a generated file for
   each set of speed options (precision, channels_last, torch.compile, cudnn
   benchmark, data.cache), each beside its bare-model ceiling: the same net and
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import statistics
 import time
 from pathlib import Path
 
@@ -121,17 +124,21 @@ class _Batches:
         return len(self.batches)
 
 
-class _StepTimer(L.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end = warmup, None, None
+class _WindowTimer(L.Callback):
+    """Times batches ``warmup`` .. ``last`` of one epoch, waiting for the GPU only at the two ends, as the bare loop."""
+
+    def __init__(self, warmup: int, last: int):
+        self.warmup, self.last, self.start, self.end = warmup, last, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
+        if batch_idx == self.warmup:  # the batch is on the device by now, as in the bare loop
+            _synchronize()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        _synchronize()
-        self.end = time.perf_counter()
+        if batch_idx == self.last:
+            _synchronize()
+            self.end = time.perf_counter()
 
 
 def _synchronize():
@@ -139,7 +146,46 @@ def _synchronize():
         torch.cuda.synchronize()
 
 
+def _bare_round(module_args: dict, batches: list, warmup: int, device) -> float:
+    """Steps/s of a bare PyTorch loop: the same net, loss and optimiser, no Lightning."""
+    net = AmirModule(**module_args).net.to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    for step, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if step == warmup:
+            _synchronize()
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x.float()), y)
+        loss.backward()
+        optimizer.step()
+    _synchronize()
+    return (len(batches) - warmup) / (time.perf_counter() - start)
+
+
+def _lightning_round(module_args: dict, batches: list, warmup: int) -> float:
+    """Steps/s of ``Trainer.fit`` over the same batches."""
+    timer = _WindowTimer(warmup, len(batches) - 1)
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        use_distributed_sampler=False,
+    )
+    trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
+    return (len(batches) - warmup) / (timer.end - timer.start)
+
+
 def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
+    """Trainer.fit against a bare loop on the same batches, fairly: both wait for the GPU only at the
+    ends of the timed window, the order alternates (bare, Lightning, Lightning, bare, ...) so that
+    neither always runs on a colder or hotter device, and the medians of ``rounds`` windows are reported
+    (the ratio is the median of each round's ratio, the two runs of a round being side by side)."""
+    rounds = cfg.get("rounds", 5)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise AmirError(f"bench overhead.rounds={rounds}: give a whole number of rounds >= 1 (e.g. overhead.rounds=5)")
+    if cfg.steps <= cfg.warmup:
+        raise AmirError(f"bench overhead.steps={cfg.steps} leaves no timed step after overhead.warmup={cfg.warmup}: "
+                        f"set overhead.steps above overhead.warmup")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     shape = tuple(cfg.input_shape)
@@ -151,35 +197,27 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
         net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
         class_names=[str(i) for i in range(12)], features={}, input_shape=shape,
     )
-
-    # Bare PyTorch: the same net, loss and optimiser, no Lightning.
-    net = AmirModule(**module_args).net.to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    for step, (x, y) in enumerate(batches):
-        if step == cfg.warmup:
-            _synchronize()
-            start = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x.float()), y)
-        loss.backward()
-        optimizer.step()
-    _synchronize()
-    bare = (cfg.steps - cfg.warmup) / (time.perf_counter() - start)
-
-    timer = _StepTimer(cfg.warmup)
-    trainer = L.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
-        use_distributed_sampler=False,
-    )
-    trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
-    lightning = (cfg.steps - cfg.warmup) / (timer.end - timer.start)
+    bare, lightning = [], []
+    for index in range(rounds):
+        order = ("bare", "lightning") if index % 2 == 0 else ("lightning", "bare")
+        for name in order:
+            if name == "bare":
+                bare.append(_bare_round(module_args, batches, cfg.warmup, device))
+            else:
+                lightning.append(_lightning_round(module_args, batches, cfg.warmup))
+        print(f"overhead: round {index + 1}/{rounds} ({' then '.join(order)}): bare {bare[-1]:.3f}, "
+              f"Trainer.fit {lightning[-1]:.3f} steps/s", flush=True)
+    ratios = [light / plain for light, plain in zip(lightning, bare)]
     result = {
         "device": _device_name(),
         "batch_size": cfg.batch_size, "input_shape": list(shape), "timed_steps": cfg.steps - cfg.warmup,
-        "bare_steps_per_s": round(bare, 3), "lightning_steps_per_s": round(lightning, 3),
-        "lightning_over_bare": round(lightning / bare, 3),
+        "rounds": rounds,
+        "bare_steps_per_s": round(statistics.median(bare), 3),
+        "lightning_steps_per_s": round(statistics.median(lightning), 3),
+        "lightning_over_bare": round(statistics.median(ratios), 3),
+        "per_round": {"bare_steps_per_s": [round(v, 3) for v in bare],
+                      "lightning_steps_per_s": [round(v, 3) for v in lightning],
+                      "lightning_over_bare": [round(v, 3) for v in ratios]},
     }
     print(f"overhead: {result}", flush=True)
     return result

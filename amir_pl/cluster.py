@@ -1,9 +1,16 @@
 """Where the training processes come from, and the one requeue mechanism.
 
+Whoever requeues, ``PreemptionCheckpoint`` (amir_pl.fault_tolerance) catches the signal first:
+it saves ``last.ckpt`` after the current batch, then calls the requeue handler that was
+installed before it, and the run stops (exit 128 + signal).
+
 * SLURM through submitit (``hydra/launcher=slurm``): srun starts one task per GPU and
   Lightning's ``SLURMEnvironment`` takes the ranks from SLURM. Submitit requeues on
-  timeout or preemption; Lightning's own auto-requeue is switched off.
-* SLURM without submitit (your own sbatch + srun): Lightning's auto-requeue (SIGUSR1).
+  timeout or preemption (SIGUSR2); Lightning's own auto-requeue is switched off, so
+  there is one requeue, not two.
+* SLURM without submitit (your own sbatch + srun, ``#SBATCH --signal=USR1@90``):
+  Lightning's auto-requeue is on, and its SIGUSR1 handler runs ``scontrol requeue``
+  after the save. The restarted job finds its first run folder by its job id.
 * submitit's local launcher (``hydra/launcher=local``): submitit starts the tasks and
   we export the torch.distributed variables (RANK, LOCAL_RANK, MASTER_ADDR, ...) so
   Lightning joins them instead of starting its own.

@@ -3,9 +3,13 @@
 Speed comes from the read pattern, not from caching. A training batch is made of
 a few *runs* of consecutive clips (by default one HDF5 chunk each) drawn in a
 shuffled order, and the dataset reads each run with one contiguous HDF5 call.
-Random single-clip reads from a chunked file reach a few thousand clips/s; runs
-of 8 reach tens of thousands. ``read_run=1`` gives fully random batches at that
-cost.
+amir-prepare writes each split in a seeded random row order, so a run is a random
+draw of clips and a batch mixes classes like a per-clip shuffle; what runs give up
+is that the same few clips share a batch in every epoch. Random single-clip reads
+reach a few thousand clips/s per process; runs of 8 about five times more
+(README, Performance). ``read_run=1`` gives fully per-clip batches, reshuffled every
+epoch, at that cost (``experiment=paper`` and ``quickstart`` use it: on a CPU the
+net, not the file, is the bottleneck).
 
 The samplers shard by rank themselves (the Trainer's ``use_distributed_sampler``
 must be off): in training each rank gets an equal share of a shared shuffled
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import weakref
 from pathlib import Path
 
 import h5py
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from amir_pl.dataset_file import DatasetFileError, DatasetInfo, read_info
+from amir_pl.dataset_file import DatasetFileError, DatasetInfo, read_info, read_sorted_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,14 @@ class H5ClipDataset(Dataset):
     """One split of a dataset file; yields ``(x float16 (n_mels, frames), y int64)``.
 
     The file is opened on first read in each process (so nothing h5py is pickled
-    into workers). ``__getitems__`` reads a whole batch with one contiguous read
-    per run of consecutive indices and returns it already collated.
+    into workers) and stays open until ``close()``; a read after that reopens it.
+    ``__getitems__`` reads a whole batch with one contiguous read per run of
+    consecutive indices and returns it already collated.
     """
+
+    # Every dataset holding a handle this process opened, so that H5DataModule.teardown can close
+    # them: the loaders that made them live on inside the Trainer, out of the DataModule's reach.
+    _open_in_process: "weakref.WeakSet[H5ClipDataset]" = weakref.WeakSet()
 
     def __init__(self, path: str | os.PathLike, split: str, length: int):
         self.path = str(path)
@@ -58,7 +68,23 @@ class H5ClipDataset(Dataset):
             self._pid = os.getpid()
             group = self._handle[self.split]
             self._x, self._y = group["x"], group["y"][()].astype(np.int64)
+            H5ClipDataset._open_in_process.add(self)
         return self._x, self._y
+
+    def close(self) -> None:
+        """Close the file if this process opened it (a handle inherited from a forked parent
+        is only dropped: the parent owns it)."""
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = self._pid = self._x = self._y = None
+        H5ClipDataset._open_in_process.discard(self)
+
+    @classmethod
+    def close_all(cls, path: str | os.PathLike) -> None:
+        """Close every dataset of ``path`` open in this process (each reopens on its next read)."""
+        for dataset in list(cls._open_in_process):
+            if dataset.path == str(path):
+                dataset.close()
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -75,13 +101,7 @@ class H5ClipDataset(Dataset):
         order = np.argsort(indices, kind="stable")
         sorted_indices = indices[order]
         x = _batch_buffer((len(indices), *x_data.shape[1:]), _torch_dtype(x_data.dtype))
-        x_np = x.numpy()
-        # Cut the sorted indices into runs of consecutive clips (a repeated index starts a
-        # new run); one contiguous read per run.
-        starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
-        for begin, end in zip(starts, [*starts[1:], len(indices)]):
-            first = sorted_indices[begin]
-            x_data.read_direct(x_np, np.s_[first : first + end - begin], np.s_[begin:end])
+        read_sorted_rows(x_data, sorted_indices, x.numpy())  # one contiguous read per run of consecutive clips
         if not np.array_equal(order, np.arange(len(indices))):
             x = x[torch.from_numpy(np.argsort(order))]
         return x, torch.from_numpy(labels[indices])
@@ -125,7 +145,7 @@ class CachedSplit(Dataset):
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         # non_blocking: building the index on the host and copying it must not wait for the
         # GPU to finish the previous step (a blocking copy synchronises the stream).
-        index = torch.as_tensor(indices).to(self.x.device, non_blocking=True)
+        index = torch.as_tensor(indices, dtype=torch.int64).to(self.x.device, non_blocking=True)
         return self.x[index], self.y[index]
 
     def __getitem__(self, index: int):
@@ -228,25 +248,49 @@ class ShuffledRunBatchSampler(Sampler[list[int]]):
 class ContiguousBatchSampler(Sampler[list[int]]):
     """Evaluation batches: rank ``r`` reads the ``r``-th contiguous slice, in order, nothing padded.
 
-    Shards differ in length by at most one clip, so every clip is evaluated
-    exactly once over all ranks; torchmetrics sums the states across ranks.
+    Shards differ in length by at most one clip (the first ``length mod
+    num_replicas`` ranks hold one more), so every clip is evaluated exactly once
+    over all ranks; torchmetrics sums the states across ranks.
+
+    With fewer clips than ranks, ranks ``length`` and above hold no clip and
+    yield one empty batch: Lightning refuses a rank with zero batches (or, when
+    allowed, skips its epoch end, where torchmetrics syncs, and the other ranks
+    wait forever), so every rank runs the loop, and an empty batch adds nothing.
     """
 
     def __init__(self, length: int, batch_size: int, rank: int = 0, num_replicas: int = 1):
-        if length < num_replicas:
-            raise ValueError(
-                f"{length} clips cannot be shared by {num_replicas} ranks (each rank needs at least one)"
-            )
-        bounds = np.linspace(0, length, num_replicas + 1).round().astype(int)
-        self.first, self.last = int(bounds[rank]), int(bounds[rank + 1])
+        per_rank, extra = divmod(length, num_replicas)
+        self.first = rank * per_rank + min(rank, extra)
+        self.last = self.first + per_rank + (rank < extra)
         self.batch_size = batch_size
 
     def __len__(self) -> int:
-        return math.ceil((self.last - self.first) / self.batch_size)
+        return max(1, math.ceil((self.last - self.first) / self.batch_size))
 
     def __iter__(self):
+        if self.first == self.last:
+            yield []
         for start in range(self.first, self.last, self.batch_size):
             yield list(range(start, min(start + self.batch_size, self.last)))
+
+
+def rows_grouped_by_class(path: str | os.PathLike, split: str, run_length: int, tolerance: float = 0.8) -> bool:
+    """Whether runs of ``run_length`` consecutive labels hold far fewer distinct classes than random draws would.
+
+    A random run of r clips from classes with frequencies p_c holds sum_c 1 - (1 - p_c)^r distinct
+    classes on average; a file written class by class holds about 1. Fewer than ``tolerance``
+    times the random expectation means the rows are grouped.
+    """
+    with h5py.File(path, "r") as handle:
+        y = handle[split]["y"][()]
+    runs = len(y) // run_length
+    if runs < 2:
+        return False
+    _, counts = np.unique(y, return_counts=True)
+    expected = float(np.sum(1 - (1 - counts / len(y)) ** run_length))
+    by_run = np.sort(y[: runs * run_length].reshape(runs, run_length), axis=1)
+    distinct = 1 + (np.diff(by_run, axis=1) != 0).sum(axis=1)
+    return float(distinct.mean()) < tolerance * expected
 
 
 class H5DataModule(L.LightningDataModule):
@@ -313,18 +357,37 @@ class H5DataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
+    def _local_copies(self, device: torch.device) -> int:
+        """How many copies of a cached split land in ``device``'s memory: one per process on this
+        node for host memory (every local DDP rank loads its own), one for a GPU (a rank each)."""
+        if device.type == "cpu" and self.trainer is not None:
+            return max(1, int(getattr(self.trainer, "num_devices", 1)))
+        return 1
+
     def _cached_split(self, split: str) -> CachedSplit | None:
-        """The split held in memory when ``cache`` asks for it and it fits; None: stream it."""
+        """The split held in memory when ``cache`` asks for it and it fits; None: stream it.
+
+        Each local rank holds its own copy, and the free memory is checked for all of
+        them together: ``data.cache=memory`` on 8 ranks needs 8 copies of free RAM. (Sharing
+        one copy through shared memory would save the RAM, but /dev/shm is often small in
+        containers and the ranks would have to agree on who loads it; the sum is simple and
+        never oversubscribes.) The ranks then agree on the outcome, so that they all cache or
+        all stream and draw the same training order.
+        """
         if self.cache == "none":
             return None
         if split not in self._cached:
             device = self._cache_device()
             clip_bytes = math.prod(self.info.input_shape) * np.dtype(self.info.dtype).itemsize
+            copies = self._local_copies(device)
             nbytes = self.info.splits[split] * clip_bytes
-            fits, free = cache_fits(nbytes, device, self.cache_max_fraction)
+            fits, free = cache_fits(copies * nbytes, device, self.cache_max_fraction)
+            if self.trainer is not None:
+                fits = self.trainer.strategy.reduce_boolean_decision(fits, all=True)
             if not fits:
-                log.warning("data.cache=%s: split %r needs %.2f GB, more than %.0f%% of the %.2f GB free on %s; "
-                            "streaming it from the file instead", self.cache, split, nbytes / 1e9,
+                log.warning("data.cache=%s: split %r needs %.2f GB (%d local rank(s) x %.2f GB), more than %.0f%% "
+                            "of the %.2f GB free on %s (or another rank lacks it); streaming it from the file "
+                            "instead", self.cache, split, copies * nbytes / 1e9, copies, nbytes / 1e9,
                             100 * self.cache_max_fraction, free / 1e9, device)
                 self._cached[split] = None
             else:
@@ -356,10 +419,38 @@ class H5DataModule(L.LightningDataModule):
         sampler = ContiguousBatchSampler(self.info.splits[split], self.eval_batch_size, rank, world)
         return self._loader(split, sampler)
 
+    def teardown(self, stage: str) -> None:
+        """Called by Lightning at the end of fit, validate, test and predict: closes the HDF5
+        handles this process opened and lets go of the cached splits, so a long-lived process
+        (a notebook, a sweep) keeps no file open. A later stage reopens and reloads on demand."""
+        H5ClipDataset.close_all(self.path)
+        self._cached.clear()
+
     def require_split(self, split: str) -> None:
         """DatasetFileError unless the file holds clips in ``split``."""
         if not self.info.splits.get(split):
             raise DatasetFileError(f"{self.path}: no clips in split {split!r} (it has {self.info.splits})")
+
+    def _training_run_length(self) -> int:
+        """Clips per contiguous read in training: ``read_run``, else the file's chunk length.
+
+        Runs are random draws only in a file whose rows are in random order (amir-prepare
+        writes them so). A file written class by class (amir-pl before 2026-11-28) would give
+        batches of a few classes: such a file is detected and read one clip at a time. In memory,
+        runs buy nothing, so batches there are fully random unless read_run says otherwise.
+        """
+        if self.read_run:
+            requested = int(self.read_run)
+        elif self._cached_split("train") is not None:
+            return 1
+        else:
+            requested = self.info.chunk_clips
+        if requested > 1 and rows_grouped_by_class(self.info.path, "train", requested):
+            log.warning("%s: its training rows are grouped by class (written by an older amir-prepare), so runs of "
+                        "%d consecutive clips would give batches of few classes; reading one clip at a time instead "
+                        "(slower; re-run amir-prepare to write a shuffled file)", self.info.path, requested)
+            return 1
+        return requested
 
     def train_dataloader(self) -> DataLoader:
         self.require_split("train")
@@ -367,8 +458,7 @@ class H5DataModule(L.LightningDataModule):
         sampler = ShuffledRunBatchSampler(
             self.info.splits["train"],
             self.batch_size,
-            # In memory, runs buy nothing: fully random batches unless read_run says otherwise.
-            self.read_run or (1 if self._cached_split("train") is not None else self.info.chunk_clips),
+            self._training_run_length(),
             seed=self.seed,
             rank=rank,
             num_replicas=world,

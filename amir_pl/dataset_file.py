@@ -4,7 +4,9 @@ One file holds log-mel (or power-mel) clips. Root attributes describe the
 features (see ``FEATURE_ATTRS``) and the class list; groups ``train`` / ``val``
 / ``test`` (training needs ``train``; a file for evaluation only may hold just
 ``test``) hold ``x`` (N, n_mels, frames),
-``y`` (N,), ``source`` (N,) and ``offset`` (N,).
+``y`` (N,), ``source`` (N,) and ``offset`` (N,). Rows of a split are in a seeded random
+order, so that any run of consecutive rows is a random draw of clips (see ``shuffle_rows``).
+The optional root attribute ``rms_threshold`` records the silence gate the clips passed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class DatasetInfo:
     splits: dict[str, int]  # split name -> number of clips
     dtype: np.dtype
     chunk_clips: int  # clips per HDF5 chunk of train/x (1 when not chunked)
+    rms_threshold: float | None = None  # the silence gate the clips passed (None: not recorded)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -162,7 +165,8 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             if dtype is None:  # the first split present describes the layout
                 dtype = x.dtype
                 chunk_clips = x.chunks[0] if x.chunks else 1
-    return DatasetInfo(path, class_names, features, splits, dtype, chunk_clips)
+        rms_threshold = float(f.attrs["rms_threshold"]) if "rms_threshold" in f.attrs else None
+    return DatasetInfo(path, class_names, features, splits, dtype, chunk_clips, rms_threshold)
 
 
 class DatasetWriter:
@@ -180,6 +184,7 @@ class DatasetWriter:
         dtype: str = "float16",
         chunk_clips: int = DEFAULT_CHUNK_CLIPS,
         overwrite: bool = False,
+        rms_threshold: float | None = None,
     ):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
@@ -189,6 +194,7 @@ class DatasetWriter:
         self.features = features
         self.dtype = np.dtype(dtype)
         self.chunk_clips = chunk_clips
+        self.rms_threshold = rms_threshold
         self._file: h5py.File | None = None
 
     def __enter__(self) -> DatasetWriter:
@@ -198,6 +204,8 @@ class DatasetWriter:
         self._file.attrs["class_names"] = list(self.class_names)
         for name, value in self.features.as_dict().items():
             self._file.attrs[name] = value
+        if self.rms_threshold is not None:
+            self._file.attrs["rms_threshold"] = float(self.rms_threshold)
         return self
 
     def _group(self, split: str) -> h5py.Group:
@@ -229,6 +237,54 @@ class DatasetWriter:
             os.replace(self.tmp_path, self.path)
         else:
             self.tmp_path.unlink(missing_ok=True)
+
+
+def read_sorted_rows(dataset: h5py.Dataset, sorted_indices: np.ndarray, out: np.ndarray) -> None:
+    """``out[k] = dataset[sorted_indices[k]]`` with one contiguous read per run of consecutive rows.
+
+    A repeated index starts a new run. Single-row reads cost about as much as runs of 8
+    (h5py's per-call overhead), so runs are what make streaming fast.
+    """
+    starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
+    for begin, end in zip(starts, [*starts[1:], len(sorted_indices)]):
+        first = int(sorted_indices[begin])
+        dataset.read_direct(out, np.s_[first : first + end - begin], np.s_[begin:end])
+
+
+def shuffle_rows(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    keep: dict[str, np.ndarray],
+    seed: int,
+    rms_threshold: float | None = None,
+    chunk_clips: int = DEFAULT_CHUNK_CLIPS,
+    block: int = 1024,
+) -> None:
+    """Copy the rows ``keep[split]`` of each split of ``source`` to ``output`` in a seeded random order.
+
+    A file written recording by recording holds its clips grouped by class and file; after
+    this, a run of consecutive rows is a random draw, so the trainer can read runs (fast) and
+    still get batches mixed like a per-clip shuffle. Memory stays bounded by ``block`` clips.
+    """
+    with h5py.File(source, "r") as src:
+        features = FeatureParams.from_mapping(src.attrs)
+        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in src.attrs["class_names"]]
+        dtype = next(src[split]["x"].dtype for split in SPLITS if split in src)
+        with DatasetWriter(output, class_names, features, dtype=dtype, chunk_clips=chunk_clips,
+                           overwrite=True, rms_threshold=rms_threshold) as writer:
+            for split_index, split in enumerate(SPLITS):
+                if split not in src or len(keep.get(split, ())) == 0:
+                    continue
+                group = src[split]
+                order = np.random.default_rng([seed, split_index]).permutation(np.asarray(keep[split]))
+                y, offset, source_rows = group["y"][()], group["offset"][()], group["source"].asstr()[()]
+                for start in range(0, len(order), block):
+                    rows = order[start : start + block]
+                    sorted_rows = np.sort(rows)
+                    x = np.empty((len(rows), *group["x"].shape[1:]), dtype=group["x"].dtype)
+                    read_sorted_rows(group["x"], sorted_rows, x)
+                    x = x[np.searchsorted(sorted_rows, rows)]
+                    writer.append(split, x, y[rows], source_rows[rows].tolist(), offset[rows])
 
 
 def write_synthetic(

@@ -3,14 +3,18 @@
     amir-evaluate ckpt_path=outputs/train/<run>/checkpoints/last.ckpt data.path=data/set.h5 [splits=[test]]
 
 Writes metrics.json, per_class.csv and confusion_matrix.{csv,png} into its own run directory.
+Runs at the precision the checkpoint was trained with unless trainer.precision says otherwise.
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -18,20 +22,41 @@ from amir_pl import report
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.data import H5DataModule
 from amir_pl.dataset_file import DatasetInfo
-from amir_pl.module import AmirModule
+from amir_pl.module import CHECKPOINT_TARGETS, AmirModule, foreign_targets
+
+log = logging.getLogger(__name__)
+
+
+def _unreadable(path: Path, error: Exception) -> AmirError:
+    if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a Python object
+        return AmirError(f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
+                         "does not unpickle (it runs no code from a checkpoint); use one written by amir-train")
+    return AmirError(f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})")
 
 
 def load_checkpoint(path: str | Path) -> AmirModule:
-    """Rebuild the trained module from a checkpoint written by amir-train."""
+    """Rebuild the trained module from a checkpoint written by amir-train, running no code from it.
+
+    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers, and the net and
+    optimizer are built only from the classes ``CHECKPOINT_TARGETS`` allows (checked before building).
+    """
     path = Path(path)
     if not path.is_file():
         raise AmirError(f"ckpt_path={path}: no such file; point it at a .ckpt in a run's checkpoints/ folder")
     try:
-        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        # mmap: the weights are not read here, only the hyperparameters are looked at
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        foreign = foreign_targets(checkpoint["hyper_parameters"])
     except Exception as error:  # a truncated file, another project's checkpoint, ...
-        raise AmirError(
-            f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})"
-        ) from None
+        raise _unreadable(path, error) from None
+    if foreign:
+        allowed = ", ".join(f"{key}: {module}.*" for key, (module, _) in CHECKPOINT_TARGETS.items())
+        raise AmirError(f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
+                        f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train")
+    try:
+        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise _unreadable(path, error) from None
 
 
 def check_compatible(module: AmirModule, info: DatasetInfo, ckpt_path) -> None:
@@ -84,7 +109,12 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     missing = [split for split in splits if split not in info.splits]
     if missing:
         raise AmirError(f"splits={splits}: {info.path} has no {missing}; it has {list(info.splits)}")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    # null: the checkpoint's own precision (a bf16-mixed run's figures are reproduced); older ones: 32-true
+    precision = cfg.trainer.get("precision") or module.trained_precision or "32-true"
+    source = ("trainer.precision" if cfg.trainer.get("precision")
+              else "the checkpoint's" if module.trained_precision else "the checkpoint does not say")
+    log.info("precision %s (%s)", precision, source)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision=precision)
     summaries = score_splits(trainer, module, datamodule, splits)
     finish(trainer, summaries, info.class_names, Path(cfg.paths.output_dir))
     return summaries

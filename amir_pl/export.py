@@ -19,7 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from amir_pl.audio import RESAMPLING, MelFrontEnd
+from amir_pl.audio import RESAMPLING, MelFrontEnd, silence_gate
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import FeatureParams
 from amir_pl.evaluate import load_checkpoint
@@ -38,7 +38,7 @@ class WaveformClassifier(torch.nn.Module):
         return torch.softmax(self.net(self.front_end(waveforms)), dim=1)
 
 
-def build(ckpt_path) -> tuple[WaveformClassifier, dict]:
+def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassifier, dict]:
     module = load_checkpoint(ckpt_path)
     features = FeatureParams.from_mapping(module.hparams["features"])
     model = WaveformClassifier(MelFrontEnd(features), module.net).eval()
@@ -48,14 +48,14 @@ def build(ckpt_path) -> tuple[WaveformClassifier, dict]:
         "input": f"float32 (batch, {features.clip_samples}): mono windows at {features.sample_rate} Hz",
         "output": "float32 (batch, classes): softmax probabilities in class_names order",
         "resampling": {"library": "torchaudio.functional.resample", **RESAMPLING},
-        "rms_threshold": 0.01,
+        "rms_threshold": silence_gate(rms_threshold, module.hparams["features"]),
         "checkpoint": str(Path(ckpt_path).resolve()),
     }
     return model, metadata
 
 
 def export(cfg: DictConfig) -> Path:
-    model, metadata = build(cfg.ckpt_path)
+    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"))
     clip_samples = metadata["features"]["clip_samples"]
     example = torch.zeros(2, clip_samples)
     suffix = {"torch_export": ".pt2", "torchscript": ".ts"}

@@ -7,10 +7,26 @@ the epoch (``H5DataModule.state_dict``: the batches already trained are skipped)
 every rank's RNG state (``RNGState``: dropout masks continue where they stopped).
 Checkpoints are written under a temporary name and renamed (``AtomicCheckpointIO``), so
 a kill -9 during a save never leaves a truncated file at a checkpoint path.
+
+Preemption and requeue, one mechanism: ``PreemptionCheckpoint`` owns SIGTERM, SIGUSR1 and
+SIGUSR2. The signal only sets a flag; after the current batch (all ranks agreeing) it saves
+``last.ckpt``, then hands the requeue signal to the handler that was there before it, and
+stops. That handler is the requeue: Lightning's (``SLURMEnvironment(auto_requeue=True)``,
+a hand-written sbatch job with ``--signal=USR1@90``: ``scontrol requeue``) or submitit's
+(SIGUSR2 under ``hydra/launcher=slurm``; ``amir_pl.cluster`` switches Lightning's off there),
+so exactly one requeue runs, after the checkpoint is on disk. The signal is not left to
+Lightning alone: its handler saves in the middle of a step, from inside the signal handler,
+with no agreement between ranks, and to a file ``resume=`` does not look at.
+
+A requeued job starts again with the same command in a new Hydra folder. Submitit's jobs
+keep their folder; a plain SLURM job records its job id in its folder (``.slurm_job.json``)
+and, when SLURM restarts it (``SLURM_RESTART_COUNT`` > 0), continues in the folder that holds
+its id and its checkpoints (``requeued_slurm_run``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -115,12 +131,35 @@ class RNGState(Callback):
                         len(states), trainer.world_size, trainer.global_rank)
 
 
+def _catchable_signal(name) -> signal.Signals:
+    """``callbacks.preemption.signals`` entry -> the signal, or an AmirError naming the option."""
+    try:
+        if isinstance(name, str):
+            upper = name.upper()
+            signum = signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"]  # USR1 as sbatch writes it
+        else:
+            signum = signal.Signals(name)
+    except (KeyError, ValueError):
+        signum = None
+    if signum is None or signum in (signal.SIGKILL, signal.SIGSTOP):
+        raise AmirError(f"callbacks.preemption.signals: {name!r} is not a signal a process can catch; "
+                        "use names such as SIGTERM, SIGUSR1, SIGUSR2")
+    return signum
+
+
 class Preempted(Exception):
     """Training stopped on a signal after saving ``path``."""
 
-    def __init__(self, signum: int, path: Path):
-        self.signum, self.path = signum, path
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}")
+    def __init__(self, signum: int, path: Path, handed_to: str | None = None):
+        self.signum, self.path, self.handed_to = signum, path, handed_to
+        then = f"; then handed the signal to {handed_to} (the requeue)" if handed_to else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}{then}")
+
+
+def _handler_name(handler) -> str:
+    """Who a signal handler is, for the log: Lightning wraps its handlers in a ``_HandlersCompose``."""
+    handlers = getattr(handler, "signal_handlers", None) or [handler]
+    return ", ".join(getattr(h, "__qualname__", type(h).__qualname__) for h in handlers)
 
 
 class PreemptionCheckpoint(Callback):
@@ -129,13 +168,15 @@ class PreemptionCheckpoint(Callback):
     The signal only sets a flag. A single process checks it after every step (free); in a
     multi-process run the ranks agree on it every ``check_every_n_steps`` steps (one
     all-reduce, which waits for the GPU, so not every step), then all save together and
-    raise ``Preempted`` (amir-train exits with 128 + the signal number). A previous handler
-    that belongs to submitit (its SIGUSR2 requeue) runs after the save, so submitit requeues
-    the job with the checkpoint already on disk.
+    raise ``Preempted`` (amir-train exits with 128 + the signal number). For SIGUSR1/SIGUSR2
+    the handler that was there before runs after the save, on every rank: Lightning's SLURM
+    requeue or submitit's, so the job is requeued with the checkpoint already on disk. SIGTERM
+    is not handed on: the job is ending, and Lightning's SIGTERM handler would only stop the
+    loop (and signal the other ranks) a second time.
     """
 
     def __init__(self, signals: list[str] = ("SIGTERM", "SIGUSR1", "SIGUSR2"), check_every_n_steps: int = 1):
-        self.signals = [signal.Signals[name] if isinstance(name, str) else signal.Signals(name) for name in signals]
+        self.signals = [_catchable_signal(name) for name in signals]
         self.check_every_n_steps = max(1, check_every_n_steps)
         self._received: int | None = None
         self._previous: dict[int, object] = {}
@@ -167,13 +208,19 @@ class PreemptionCheckpoint(Callback):
         if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        # complete on every rank when this returns (a barrier follows the save)
+        trainer.save_checkpoint(path, weights_only=False)
         signum = self._received or signal.SIGTERM
         previous = self._previous.get(signum)
-        self._restore_handlers()
-        if callable(previous) and getattr(previous, "__module__", "").startswith("submitit"):
-            previous(signum, None)  # submitit: requeue this job (rank 0 exits here)
-        raise Preempted(signum, path)
+        if signum == signal.SIGTERM or not callable(previous):
+            raise Preempted(signum, path)  # on_exception puts the previous handlers back
+        log.info("saved %s; handing %s over to %s", path, signal.Signals(signum).name, _handler_name(previous))
+        # Lightning's requeue (it also writes its own hpc_ckpt_<n>.ckpt, then rank 0 runs scontrol requeue)
+        # or submitit's (rank 0 requeues and exits here); both return on the other ranks. Our handler stays
+        # until on_exception: a copy of the signal reaching a rank late only sets the flag again, instead of
+        # starting a second, unsynchronised save in the previous handler.
+        previous(signum, None)
+        raise Preempted(signum, path, handed_to=_handler_name(previous))
 
 
 def last_checkpoint_path(trainer) -> Path:
@@ -220,13 +267,22 @@ def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: 
 
 
 def _loadable(path: Path) -> str | None:
-    """None if ``path`` is a complete Lightning training checkpoint, else what is wrong with it."""
+    """None if ``path`` is a complete Lightning training checkpoint, else what is wrong with it.
+
+    Loaded with ``weights_only=True`` (no code from the file runs) and checked against the
+    ``_target_``s a checkpoint may name, as amir-evaluate does.
+    """
+    from amir_pl.module import foreign_targets
+
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated zip, not a checkpoint at all, ...
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated zip, not a checkpoint at all, Python objects beyond plain data, ...
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
-    return f"not a training checkpoint (no {', '.join(missing)})" if missing else None
+    if missing:
+        return f"not a training checkpoint (no {', '.join(missing)})"
+    foreign = foreign_targets(checkpoint.get("hyper_parameters") or {})
+    return f"refused: it names {'; '.join(foreign)}, not one of amir-pl's own classes" if foreign else None
 
 
 def first_loadable(candidates: list[Path]) -> Path:
@@ -280,3 +336,60 @@ def run_dir_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
     folder = checkpoint.resolve().parent
     return folder.parent if folder.name == CHECKPOINT_DIR else folder
+
+
+# ---------------------------------------------------------------------------------------------
+# A plain SLURM job that SLURM requeued: its own run folder
+
+SLURM_JOB_FILE = ".slurm_job.json"
+
+
+def slurm_job_id() -> str | None:
+    """This job's id as ``scontrol requeue`` takes it (``<array job>_<task>`` in an array), or None outside SLURM."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID") or None
+
+
+def _plain_slurm_job() -> str | None:
+    """The job id when SLURM (not submitit, which keeps its own folders) started this process."""
+    return None if os.environ.get("SUBMITIT_EXECUTOR") else slurm_job_id()
+
+
+def record_slurm_job(run_dir: Path, overrides: list[str]) -> None:
+    """Write this SLURM job's id and command into its run folder, for the job to find it once requeued."""
+    job = _plain_slurm_job()
+    marker = run_dir / SLURM_JOB_FILE
+    if job is None or marker.is_file():
+        return
+    record = {"job_id": job, "overrides": sorted(o for o in overrides if not _is_resume_override(o))}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+
+
+def requeued_slurm_run(runs_root: Path, run_dir: Path, overrides: list[str]) -> Path | None:
+    """The folder this job trained in before SLURM requeued it, or None (not a requeued SLURM job).
+
+    A requeued job (``SLURM_RESTART_COUNT`` > 0) runs the same command again, and Hydra gives it
+    a new timestamped folder. Its first start recorded the job id there (``record_slurm_job``):
+    the folder with this job id, this command and the newest checkpoints is its own, never that
+    of another job that ran the same command.
+    """
+    job = _plain_slurm_job()
+    if job is None or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    wanted = sorted(o for o in overrides if not _is_resume_override(o))
+    best: tuple[float, Path] | None = None
+    for marker in {run_dir / SLURM_JOB_FILE, *runs_root.glob(f"**/{SLURM_JOB_FILE}")}:
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue
+        checkpoints = checkpoints_in(marker.parent / CHECKPOINT_DIR)
+        if record.get("job_id") != job or record.get("overrides") != wanted or not checkpoints:
+            continue
+        newest = max(p.stat().st_mtime for p in checkpoints)
+        if best is None or newest > best[0]:
+            best = (newest, marker.parent)
+    if best is None:
+        log.info("SLURM job %s restarted, but no earlier run folder of it has checkpoints; starting afresh", job)
+    return best[1] if best else None

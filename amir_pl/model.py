@@ -26,6 +26,7 @@ class ModelConfigError(AmirError, ValueError):
 DROPOUT_SITES = ("conv1", "conv2", "conv3", "conv4", "fc")
 INPUT_NORMS = ("running", "batch", "none")
 INITS = ("thesis", "pytorch")
+DROPOUT_POSITIONS = ("after_pool", "before_pool")
 
 
 def input_normalisation(mode: str) -> nn.Module:
@@ -49,22 +50,28 @@ def input_normalisation(mode: str) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
-        layers = [
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True),
-        ]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+    """conv 3x3 -> ReLU -> 2x2 max-pool, with dropout after the pool or, as the author's code
+    had it for conv3 and conv4, between the ReLU and the pool (``before_pool``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, dropout_position: str = "after_pool"):
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        if dropout > 0 and dropout_position == "before_pool":
+            layers += [nn.Dropout(dropout), pool]
+        elif dropout > 0:
+            layers += [pool, nn.Dropout(dropout)]
+        else:
+            layers.append(pool)
         super().__init__(*layers)
 
 
 class SegalConvNet(nn.Module):
     """The thesis ConvNet for inputs of ``input_shape = (n_mels, frames)`` and ``num_classes`` classes.
 
-    ``dropout`` maps a site (conv1..conv4 after the pool, fc after the ReLU) to a
-    probability; sites left out or at 0 get no dropout layer at all.
+    ``dropout`` maps a site (conv1..conv4, fc after the ReLU) to a probability; sites left
+    out or at 0 get no dropout layer at all. ``dropout_position`` puts the conv sites'
+    dropout after the max-pool (``after_pool``) or between the ReLU and the pool
+    (``before_pool``, what the author's code did).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class SegalConvNet(nn.Module):
         dropout: Mapping[str, float] | None = None,
         input_norm: str = "running",
         init: str = "pytorch",
+        dropout_position: str = "after_pool",
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -85,6 +93,8 @@ class SegalConvNet(nn.Module):
         for site, p in dropout.items():
             if not 0.0 <= float(p) < 1.0:
                 raise ModelConfigError(f"model.dropout.{site}={p} must be in [0, 1)")
+        if dropout_position not in DROPOUT_POSITIONS:
+            raise ModelConfigError(f"model.dropout_position={dropout_position!r} is not one of {DROPOUT_POSITIONS}")
         if init not in INITS:
             raise ModelConfigError(f"model.init={init!r} is not one of {INITS}")
         self.input_shape = tuple(input_shape)
@@ -92,7 +102,7 @@ class SegalConvNet(nn.Module):
         in_channels = 1
         blocks = {}
         for site in DROPOUT_SITES[:4]:
-            blocks[site] = ConvBlock(in_channels, channels, float(dropout.get(site, 0.0)))
+            blocks[site] = ConvBlock(in_channels, channels, float(dropout.get(site, 0.0)), dropout_position)
             in_channels = channels
         self.features = nn.Sequential(OrderedDict(blocks))
         height, width = self.input_shape

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -22,14 +27,23 @@ from amir_pl import report
 from amir_pl.cli import AmirError
 
 
+# Epoch values are logged without sync_dist: they come from torchmetrics, whose compute() has
+# already synced them across ranks. Lightning's advice to add it (one more all-reduce) does not apply.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/",
+    category=PossibleUserWarning,
+)
+
+
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Top-1 accuracy, macro and per-class P/R/F1, and the confusion matrix (rows true, columns predicted)."""
+    """Top-1 accuracy, per-class P/R/F1 and the confusion matrix (rows true, columns predicted).
+
+    No macro metrics here: ``report.with_macro_averages`` takes the mean of the per-class vectors,
+    since torchmetrics' ``average="macro"`` leaves out a class absent from targets and predictions.
+    """
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
-            "recall_macro": MulticlassRecall(num_classes, average="macro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             "precision": MulticlassPrecision(num_classes, average="none"),
             "recall": MulticlassRecall(num_classes, average="none"),
             "f1": MulticlassF1Score(num_classes, average="none"),
@@ -40,6 +54,45 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 
 def _plain(config):
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+# What a checkpoint's hyperparameters may build: hyperparameter -> (module, base class). A target
+# must be a class defined directly in that module; anything else would run code the file names.
+CHECKPOINT_TARGETS = {
+    "net": ("amir_pl.model", nn.Module),
+    "optimizer": ("torch.optim", torch.optim.Optimizer),
+    "scheduler": ("torch.optim.lr_scheduler", torch.optim.lr_scheduler.LRScheduler),
+}
+
+
+def _allowed_target(key: str, target) -> bool:
+    if key not in CHECKPOINT_TARGETS or not isinstance(target, str):
+        return False
+    module_name, base = CHECKPOINT_TARGETS[key]
+    name = target.removeprefix(module_name + ".")
+    if name == target or not re.fullmatch(r"[A-Za-z_]\w*", name):
+        return False  # checked as text first: importing a module the file names would run its code
+    found = getattr(importlib.import_module(module_name), name, None)
+    return isinstance(found, type) and issubclass(found, base)
+
+
+def foreign_targets(hparams: Mapping) -> list[str]:
+    """``key._target_=value`` for every target in checkpoint hyperparameters that is not on
+    ``CHECKPOINT_TARGETS`` (nested ones included: Hydra would instantiate them too)."""
+    found = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, Mapping):
+            if "_target_" in node and not _allowed_target(path, node["_target_"]):
+                found.append(f"{path or '<root>'}._target_={node['_target_']}")
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(hparams, "")
+    return found
 
 
 class AmirModule(L.LightningModule):
@@ -97,6 +150,14 @@ class AmirModule(L.LightningModule):
         self.test_metrics = classification_metrics(num_classes)
         self.results: dict[str, dict] = {}  # stage -> computed metrics of the last epoch, on CPU
         self.eval_split = "test"  # which split the test loop is scoring (named in logs and results)
+        self.trained_precision: str | None = None  # the trainer precision of a loaded checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the trainer precision, so amir-evaluate reproduces a bf16-mixed run's figures."""
+        checkpoint["amir_precision"] = str(self.trainer.precision)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_precision = checkpoint.get("amir_precision")
 
     def configure_model(self) -> None:
         """``channels_last`` (NHWC convolutions: faster with cuDNN and on CPUs) and ``compile``
@@ -129,12 +190,15 @@ class AmirModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self):
-        self.log("train/loss", self.train_loss.compute(), sync_dist=True)
-        self.log("train/top1_error", 1 - self.train_accuracy.compute(), sync_dist=True)
+        # Synced by torchmetrics' compute(): no sync_dist (see _end_eval_epoch).
+        self.log("train/loss", self.train_loss.compute())
+        self.log("train/top1_error", 1 - self.train_accuracy.compute())
         self.train_loss.reset()
         self.train_accuracy.reset()
 
     def _eval_step(self, batch, loss_metric, metrics):
+        if not len(batch[1]):  # an empty shard (more ranks than clips): nothing to score on this rank
+            return
         logits, y, loss = self._step(batch)
         mean_loss = loss / len(y) if self.hparams.loss_reduction == "sum" else loss
         loss_metric.update(mean_loss, len(y))
@@ -147,21 +211,23 @@ class AmirModule(L.LightningModule):
         self._eval_step(batch, self.test_loss, self.test_metrics)
 
     def _end_eval_epoch(self, prefix: str, stage: str, loss_metric, metrics):
-        # compute() syncs the metric states across ranks: every clip counted once.
-        values = {name: value.cpu() for name, value in metrics.compute().items()}
-        values["loss"] = loss_metric.compute().cpu()
+        # compute() syncs the metric states across ranks: every clip counted once, the same values on
+        # every rank. So they are logged as they are, on the device and without sync_dist: a CPU copy
+        # with sync_dist would go through one more all-reduce, which NCCL refuses for CPU tensors.
+        values = report.with_macro_averages(metrics.compute())
+        values["loss"] = loss_metric.compute()
         loss_metric.reset()
         metrics.reset()
         if self.trainer.sanity_checking:
             return
-        self.results[stage] = values
         scalars = {
             f"{prefix}/loss": values["loss"],
             f"{prefix}/top1_error": 1 - values["accuracy"],
             f"{prefix}/f1_macro": values["f1_macro"],
         }
-        # Identical on every rank already; sync_dist keeps Lightning's epoch-level bookkeeping consistent.
-        self.log_dict(scalars, prog_bar=True, sync_dist=True)
+        self.log_dict(scalars, prog_bar=True)
+        values = {name: value.cpu() for name, value in values.items()}  # for reports only
+        self.results[stage] = values
         if self.trainer.is_global_zero:
             report.log_to_tensorboard(self.loggers, prefix, values, self.class_names, self.global_step)
 

@@ -25,7 +25,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from amir_pl.audio import AUDIO_EXTENSIONS, AudioError, MelFrontEnd, clip_count, frame_rms, probe, read_clips
+from amir_pl.audio import (
+    AUDIO_EXTENSIONS,
+    AudioError,
+    MelFrontEnd,
+    clip_count,
+    frame_rms,
+    probe,
+    read_clips,
+    silence_gate,
+)
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import FEATURE_ATTRS, FeatureParams
 from amir_pl.evaluate import load_checkpoint
@@ -173,7 +182,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     files, problems = find_inputs(cfg.inputs)
     results = [FileResult(str(path)) for path in files]
     tasks = make_tasks(files, features, hop, cfg.windows_per_task, results)
-    init_args = (features, hop, float(cfg.rms_threshold))
+    init_args = (features, hop, silence_gate(cfg.rms_threshold, stored))
     probabilities: dict[int, list[np.ndarray]] = {i: [] for i in range(len(files))}
     for windows in _run(tasks, cfg.num_workers, init_args):
         result = results[windows.task.file_index]

@@ -9,8 +9,9 @@ or alias, e.g. IRMAS's ``gac``), optionally under top-level ``train/``, ``val/``
 made by recording (never by clip), stratified by class and seeded.
 
 Files are cut into tasks of at most ``clips_per_task`` clips, processed in
-parallel, and written in task order, so the result does not depend on
-``num_workers``. Bad files are skipped with one line each in prepare_report.json.
+parallel, and written in task order to a staging file, then copied to the output
+in a seeded random row order (so consecutive rows are a random draw, which the
+trainer's contiguous reads rely on); the result does not depend on ``num_workers``. Bad files are skipped with one line each in prepare_report.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from amir_pl.audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, MelFrontEnd, clip_count, frame_rms, probe, read_clips
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
-from amir_pl.dataset_file import SPLITS, DatasetWriter, FeatureParams
+from amir_pl.dataset_file import SPLITS, DatasetWriter, FeatureParams, shuffle_rows
 from amir_pl.labels import canonical_name
 from amir_pl.report import atomic_write
 
@@ -293,7 +294,9 @@ def prepare(cfg: DictConfig) -> dict:
     per_file = defaultdict(lambda: {"clips": 0, "silent": 0, "nonfinite": 0, "overflow": 0, "errors": []})
     written = Counter()  # (split, label) -> clips
     init_args = (features, float(cfg.rms_threshold), cfg.dtype, cfg.block_clips)
-    staging = output if not cfg.balance else output.with_name(f".{output.name}.unbalanced")
+    # Written recording by recording (class by class) to a staging file, then copied to the output
+    # in a seeded random row order: the trainer reads runs of consecutive rows.
+    staging = output.with_name(f".{output.name}.unshuffled")
     total_clips = sum(t.n_clips for t in tasks)
     with DatasetWriter(staging, class_names, features, dtype=cfg.dtype, chunk_clips=cfg.chunk_clips,
                        overwrite=True) as writer:
@@ -336,8 +339,7 @@ def prepare(cfg: DictConfig) -> dict:
 
     counts = {split: {label: written[(split, label)] for label in class_names} for split in SPLITS
               if any(written[(split, label)] for label in class_names)}
-    if cfg.balance:
-        counts = balance_file(staging, output, counts, class_names, cfg.seed, cfg.chunk_clips)
+    counts = shuffle_into_place(staging, output, counts, class_names, cfg)
     report = {
         "source": str(source),
         "output": str(output.resolve()),
@@ -355,40 +357,36 @@ def prepare(cfg: DictConfig) -> dict:
     return report
 
 
-def balance_file(staging: Path, output: Path, counts: dict, class_names, seed: int, chunk_clips: int) -> dict:
-    """Copy ``staging`` to ``output`` keeping, in each split, as many clips of each class as the smallest class has."""
+def balanced_rows(staging: Path, counts: dict, class_names, seed: int) -> tuple[dict, dict]:
+    """Per split, the rows to keep so that each class has as many clips as the smallest class has
+    (the thesis balanced its classes), and the resulting counts."""
     import h5py
 
     rng = np.random.default_rng(seed)
-    balanced = {}
+    keep, balanced = {}, {}
+    with h5py.File(staging, "r") as src:
+        for split, per_class in counts.items():
+            cap = min(n for n in per_class.values() if n > 0)
+            y = src[split]["y"][()]
+            keep[split] = np.sort(np.concatenate([
+                rng.choice(np.flatnonzero(y == c), size=min(cap, int((y == c).sum())), replace=False)
+                for c in range(len(class_names)) if (y == c).any()
+            ]))
+            balanced[split] = {name: min(cap, per_class[name]) for name in class_names}
+    return keep, balanced
+
+
+def shuffle_into_place(staging: Path, output: Path, counts: dict, class_names, cfg: DictConfig) -> dict:
+    """Write ``output`` from ``staging`` (balanced if asked) in a seeded random row order; returns the counts."""
     try:
-        with h5py.File(staging, "r") as src:
-            features = FeatureParams.from_mapping(src.attrs)
-            with DatasetWriter(output, class_names, features, dtype=src["train/x"].dtype if "train" in src else "float16",
-                               chunk_clips=chunk_clips, overwrite=True) as writer:
-                for split, per_class in counts.items():
-                    present = [n for n in per_class.values() if n > 0]
-                    cap = min(present)
-                    y = src[split]["y"][()]
-                    keep = np.sort(np.concatenate([
-                        rng.choice(np.flatnonzero(y == c), size=min(cap, int((y == c).sum())), replace=False)
-                        for c in range(len(class_names)) if (y == c).any()
-                    ]))
-                    group = src[split]
-                    sources = group["source"]
-                    for start in range(0, len(y), 1024):  # contiguous windows: bounded memory
-                        window = keep[(keep >= start) & (keep < start + 1024)]
-                        if len(window) == 0:
-                            continue
-                        local = window - start
-                        stop = start + 1024
-                        writer.append(split, group["x"][start:stop][local], y[window],
-                                      [s.decode() if isinstance(s, bytes) else s for s in sources[start:stop][local]],
-                                      group["offset"][start:stop][local])
-                    balanced[split] = {name: min(cap, per_class[name]) for name in class_names}
+        if cfg.balance:
+            keep, counts = balanced_rows(staging, counts, class_names, cfg.seed)
+        else:
+            keep = {split: np.arange(sum(per_class.values())) for split, per_class in counts.items()}
+        shuffle_rows(staging, output, keep, cfg.seed, rms_threshold=float(cfg.rms_threshold), chunk_clips=cfg.chunk_clips)
     finally:
         staging.unlink(missing_ok=True)
-    return balanced
+    return counts
 
 
 def _write_report(report: dict, path: Path) -> None:

@@ -19,10 +19,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
+MACRO_AVERAGED = ("precision", "recall", "f1")
+
+
+def with_macro_averages(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``values`` plus ``<name>_macro``: the mean of torchmetrics' per-class vector over every class.
+
+    torchmetrics' own ``average="macro"`` leaves out a class absent from both targets and
+    predictions (its ``zero_division`` does not change that), while the per-class table lists it
+    as 0. The thesis's Tables 4.1/4.2 average over all listed classes, so every report
+    (metrics.json, per_class.csv, TensorBoard) uses this one mean.
+    """
+    return {**values, **{f"{name}_macro": values[name].float().mean() for name in MACRO_AVERAGED}}
 
 
 def split_summary(values: Mapping[str, torch.Tensor], class_names: Sequence[str]) -> dict:
     """One split's entry of metrics.json from computed metric values."""
+    values = with_macro_averages(values)
     matrix = values["confusion_matrix"].long()
     support = matrix.sum(dim=1)
     return {

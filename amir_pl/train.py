@@ -29,6 +29,8 @@ from amir_pl.fault_tolerance import (
     Preempted,
     checkpoints_in,
     find_resume_checkpoint,
+    record_slurm_job,
+    requeued_slurm_run,
     run_dir_of,
 )
 from amir_pl.module import AmirModule
@@ -42,17 +44,26 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     """The checkpoint ``cfg.resume`` asks for; its run folder becomes this run's output folder,
-    so checkpoints, TensorBoard and reports continue where they were."""
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    so checkpoints, TensorBoard and reports continue where they were.
+
+    A requeued job continues from its own folder by itself (unless ``resume`` names another):
+    submitit's starts again in it; a plain SLURM job's is found by its job id.
+    """
+    overrides = [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
     run_dir = Path(cfg.paths.output_dir)
+    runs_root = Path(cfg.paths.root_dir) / cfg.task_name
     resume = cfg.get("resume")
-    if not resume and os.environ.get("SUBMITIT_EXECUTOR") and checkpoints_in(run_dir / CHECKPOINT_DIR):
-        resume = str(run_dir)  # a job submitit requeued: it starts again in its own folder
-    checkpoint = find_resume_checkpoint(resume, run_dir, Path(cfg.paths.root_dir) / cfg.task_name, overrides)
+    if not resume or str(resume).lower() == "true":
+        if os.environ.get("SUBMITIT_EXECUTOR") and checkpoints_in(run_dir / CHECKPOINT_DIR):
+            resume = str(run_dir)  # a job submitit requeued: it starts again in its own folder
+        elif (own := requeued_slurm_run(runs_root, run_dir, overrides)) is not None:
+            resume = str(own)  # a plain SLURM job that SLURM requeued: Hydra made it a new folder
+    checkpoint = find_resume_checkpoint(resume, run_dir, runs_root, overrides)
     if checkpoint is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir_of(checkpoint))
         log.info("resuming from %s; outputs continue in %s", checkpoint, cfg.paths.output_dir)
+    record_slurm_job(Path(cfg.paths.output_dir), overrides)
     return checkpoint
 
 
@@ -67,7 +78,8 @@ def train(cfg: DictConfig) -> dict[str, dict]:
         net=cfg.model,
         optimizer=cfg.optimizer,
         class_names=info.class_names,
-        features=info.features.as_dict(),
+        # The silence gate travels with the features: amir-predict and amir-export use the same one.
+        features={**info.features.as_dict(), "rms_threshold": info.rms_threshold},
         input_shape=info.input_shape,
         **cfg.get("module", {}),
     )

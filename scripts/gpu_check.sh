@@ -26,7 +26,8 @@ WORKERS=${WORKERS:-8}
   | tee "$OUT/machine.txt"
 
 echo "== GPU tests"
-timeout 150 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/test_train.py 2>&1 | tee "$OUT/gpu_tests.log"
+# (test_train.py holds the NCCL DDP fit + test: trainer=ddp trainer.devices=1, a subprocess)
+timeout 300 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/test_train.py 2>&1 | tee "$OUT/gpu_tests.log"
 
 if [ -d .gpu_old/amir_pl ]; then  # an earlier version (git archive of a commit) on the same card, for before/after
   echo "== bench: overhead, earlier version"

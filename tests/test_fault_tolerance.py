@@ -2,8 +2,8 @@
 
 import logging
 import os
+import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,26 @@ RUN = [*FAST, "trainer.max_epochs=4", "callbacks.last_checkpoint.every_n_train_s
        "+callbacks.crash._target_=crash.SignalAtStep"]
 
 
-def _train(tiny_h5, root: Path, *extra: str, crash_at: int | None = None, crash_signal: str = "SIGKILL"):
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+# What srun sets for the one task of a hand-written sbatch job (Lightning's SLURMEnvironment reads these).
+SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "amir", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+              "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+              "SLURM_NODEID": "0"}
+
+
+def fake_scontrol(folder: Path, checkpoints: str) -> dict:
+    """Environment with an ``scontrol`` on PATH that appends its arguments to ``folder/scontrol.log``,
+    then the ``last.ckpt`` files matching the glob ``checkpoints`` at that moment."""
+    (folder / "bin").mkdir(parents=True)
+    script = folder / "bin" / "scontrol"
+    script.write_text('#!/bin/sh\necho "$*" >> "$SCONTROL_LOG"\nls $SCONTROL_CHECKPOINTS >> "$SCONTROL_LOG" 2>&1\n')
+    script.chmod(0o755)
+    return {"PATH": f"{script.parent}{os.pathsep}{os.environ['PATH']}", "SCONTROL_LOG": str(folder / "scontrol.log"),
+            "SCONTROL_CHECKPOINTS": checkpoints}
+
+
+def _train(tiny_h5, root: Path, *extra: str, crash_at: int | None = None, crash_signal: str = "SIGKILL",
+           env: dict | None = None):
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     if crash_at is not None:
         env.update(CRASH_AT_STEP=str(crash_at), CRASH_SIGNAL=crash_signal)
     return run_console_script("amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra,
@@ -85,6 +103,67 @@ def test_preemption_signal_saves_a_checkpoint_then_resume_finishes(tiny_h5, tmp_
     _assert_same_training(_last(root), uninterrupted)
 
 
+@pytest.mark.slow
+def test_plain_slurm_job_saves_requeues_once_and_continues_in_its_own_folder(tiny_h5, tmp_path, uninterrupted):
+    """An sbatch job with --signal=USR1@90 and no submitit: SIGUSR1 -> last.ckpt -> Lightning's
+    ``scontrol requeue <job id>`` -> SLURM starts the same command again, which continues the run."""
+    root = tmp_path / "outputs"
+    slurm = {**SLURM_TASK, **fake_scontrol(tmp_path, f"{root}/train/*/checkpoints/last.ckpt")}
+    stopped = _train(tiny_h5, root, "logger=csv", crash_at=13, crash_signal="SIGUSR1", env=slurm)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    (run_dir,) = root.glob("train/*")
+    # requeued once, by rank 0, with last.ckpt (of step 14, saved by the signal) already on disk
+    assert (tmp_path / "scontrol.log").read_text() == f"requeue 4242\n{run_dir}/checkpoints/last.ckpt\n"
+    assert _last(root)["global_step"] == 14
+
+    restarted = _train(tiny_h5, root, "logger=csv", env={**slurm, "SLURM_RESTART_COUNT": "1"})
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert len(list(root.glob("train/*"))) == 2  # Hydra made the restart a new folder ...
+    assert f"outputs continue in {run_dir}" in restarted.stdout + restarted.stderr  # ... but it continued the first
+    assert (run_dir / "metrics.json").is_file()
+    _assert_same_training(_last(root), uninterrupted)
+    assert (tmp_path / "scontrol.log").read_text().count("requeue") == 1
+
+
+def test_a_requeued_slurm_job_finds_its_own_folder_not_another_jobs(compose_cfg, tiny_h5, tmp_path, monkeypatch):
+    from amir_pl.train import _resume_checkpoint
+
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    first = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"])
+    first.paths.root_dir, first.paths.output_dir = str(tmp_path), str(tmp_path / "train" / "first")
+    train(first)
+    other = tmp_path / "train" / "other_job"  # the same command, another job, newer checkpoints
+    shutil.copytree(tmp_path / "train" / "first", other)
+    (other / ".slurm_job.json").write_text((other / ".slurm_job.json").read_text().replace("4242", "4243"))
+    (other / "checkpoints" / "last.ckpt").touch()
+
+    def start(restarts: str | None, *extra: str):
+        if restarts is None:
+            monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv", *extra])
+        cfg.paths.root_dir, cfg.paths.output_dir = str(tmp_path), str(tmp_path / "train" / "now")
+        return _resume_checkpoint(cfg), cfg.paths.output_dir
+
+    mine = tmp_path / "train" / "first" / "checkpoints" / "last.ckpt"
+    assert start("1") == (mine, str(mine.parent.parent))  # requeued: its own folder, not the newer other job's
+    assert start(None) == (None, str(tmp_path / "train" / "now"))  # a first start never resumes by itself
+    assert start("1", "model.dropout.conv2=0")[0] is None  # another command in the same job: not this run
+    assert start("1", f"resume={other}")[0] == other / "checkpoints" / "last.ckpt"  # an explicit resume= wins
+
+
+def test_an_uncatchable_preemption_signal_is_refused_naming_the_option():
+    from amir_pl.fault_tolerance import PreemptionCheckpoint
+
+    for bad in ("SIGKILL", "SIGNOPE"):
+        with pytest.raises(AmirError, match=r"callbacks\.preemption\.signals: .* SIGUSR1"):
+            PreemptionCheckpoint(signals=[bad])
+
+
 def test_resume_true_without_an_earlier_run_starts_afresh(tmp_path):
     assert find_resume_checkpoint(True, tmp_path / "now", tmp_path, ["data.path=x.h5", "resume=true"]) is None
     assert find_resume_checkpoint(False, tmp_path / "now", tmp_path, []) is None
@@ -127,28 +206,3 @@ def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny
     assert _resume_checkpoint(cfg) is None  # an ordinary run never picks up checkpoints by itself
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert _resume_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
-
-
-def test_sigusr2_under_submitit_saves_first_then_hands_over_to_submitit(compose_cfg, tiny_h5, tmp_path,
-                                                                        monkeypatch):
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    calls = []
-
-    def submitit_requeue(signum, frame):  # stands in for submitit's checkpoint_and_try_requeue
-        calls.append((signum, last.is_file()))
-        sys.exit(-1)
-
-    submitit_requeue.__module__ = "submitit.core.job_environment"
-    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
-    monkeypatch.setenv("CRASH_AT_STEP", "3")
-    monkeypatch.setenv("CRASH_SIGNAL", "SIGUSR2")
-    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv",
-                                "callbacks.last_checkpoint.every_n_train_steps=null",
-                                "+callbacks.crash._target_=crash.SignalAtStep"])
-    try:
-        with pytest.raises(SystemExit):
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
-    assert calls == [(signal.SIGUSR2, True)]  # submitit was called once, with the checkpoint already saved
-    assert torch.load(last, weights_only=False)["global_step"] == 4

@@ -45,11 +45,22 @@ def test_dropout_exactly_where_configured(compose_cfg, model, overrides, expecte
     cfg = compose_cfg("train", [f"model={model}", "data.path=x.h5", *overrides])
     net = instantiate(cfg.model, input_shape=(128, 130), num_classes=12)
     assert _dropout_sites(net) == expected
-    # and each Dropout sits after its block's pool (conv) or after the ReLU (fc)
+    # and each Dropout sits after its block's pool (conv; paper_as_run: between the ReLU and the pool,
+    # as the author's code had it) or after the ReLU (fc)
     for site in expected:
         block = net.fc if site == "fc" else getattr(net.features, site)
-        assert isinstance(block[-1], nn.Dropout)
-        assert isinstance(block[-2], nn.MaxPool2d if site != "fc" else nn.ReLU)
+        kinds = [type(layer) for layer in block]
+        if site == "fc":
+            assert kinds[-2:] == [nn.ReLU, nn.Dropout]
+        elif model == "paper_as_run":
+            assert kinds == [nn.Conv2d, nn.ReLU, nn.Dropout, nn.MaxPool2d]
+        else:
+            assert kinds == [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout]
+
+
+def test_unknown_dropout_position_is_refused():
+    with pytest.raises(ModelConfigError, match="dropout_position"):
+        SegalConvNet((128, 130), 12, dropout={"fc": 0.5}, dropout_position="after_relu")
 
 
 def test_unknown_dropout_layer_is_refused():

@@ -244,7 +244,7 @@ def test_killed_run_leaves_no_output_then_console_script_and_training_work(audio
                                 f"classes=[{','.join(CLASSES)}]", f"hydra.run.dir={tmp_path / 'run_killed'}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".killed.h5.*")) and time.time() < deadline:
+    while not list(tmp_path.glob(".*killed.h5.*")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)
     process.send_signal(signal.SIGKILL)

@@ -18,13 +18,13 @@ RECALL = [2 / 3, 1 / 2, 1 / 1]  # row sums 3, 2, 1
 F1 = [2 * p * r / (p + r) for p, r in zip(PRECISION, RECALL)]
 
 
-def _summary():
-    metrics = classification_metrics(len(CLASSES))
-    logits = torch.nn.functional.one_hot(PREDICTIONS, len(CLASSES)).float()
+def _summary(classes=CLASSES):
+    metrics = classification_metrics(len(classes))
+    logits = torch.nn.functional.one_hot(PREDICTIONS, len(classes)).float()
     # update in two batches, as an evaluation loop would
     metrics.update(logits[:4], TARGETS[:4])
     metrics.update(logits[4:], TARGETS[4:])
-    return report.split_summary(metrics.compute(), CLASSES)
+    return report.split_summary(metrics.compute(), classes)
 
 
 def test_metrics_json_equals_hand_worked_confusion_matrix(tmp_path):
@@ -41,6 +41,21 @@ def test_metrics_json_equals_hand_worked_confusion_matrix(tmp_path):
         assert test["per_class"][name] == pytest.approx(
             {"precision": PRECISION[i], "recall": RECALL[i], "f1": F1[i], "support": [3, 2, 1][i]}
         )
+
+
+def test_macro_averages_count_a_class_absent_from_targets_and_predictions(tmp_path):
+    # violin: no clip, never predicted. torchmetrics' macro average leaves it out (sum / 3); the
+    # per-class table lists it as 0, and the macro row averages over all four listed classes.
+    classes = [*CLASSES, "violin"]
+    report.write_reports(tmp_path, {"test": _summary(classes)}, classes)
+    test = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert test["per_class"]["violin"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert test["precision_macro"] == pytest.approx(sum(PRECISION) / 4)  # (1 + 1/2 + 1/2 + 0) / 4 = 0.5
+    assert test["recall_macro"] == pytest.approx(sum(RECALL) / 4)  # (2/3 + 1/2 + 1 + 0) / 4 = 0.5417
+    assert test["f1_macro"] == pytest.approx(sum(F1) / 4)  # (0.8 + 0.5 + 0.6667 + 0) / 4 = 0.4917
+    rows = list(csv.reader((tmp_path / "per_class.csv").open()))
+    assert rows[4] == ["test", "violin", "0.0000", "0.0000", "0.0000", "0"]
+    assert rows[5] == ["test", "average (macro)", "0.5000", "0.5417", "0.4917", "6"]
 
 
 def test_csv_and_png_reports(tmp_path):

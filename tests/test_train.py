@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -181,6 +182,35 @@ def test_gpu_split_cached_in_device_memory(compose_cfg, tiny_h5, tmp_path, monke
                                             "module.channels_last=true", "trainer.benchmark=true"]))
     assert ("train", "cuda") in seen and ("val", "cuda") in seen
     assert summaries["test"]["n"] == N_TEST and summaries["test"]["top1_error"] < 0.4
+
+
+class WriteBackend(L.Callback):
+    """Writes the process group's backend into the run folder (for a test that runs a console script)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+            (Path(trainer.default_root_dir) / "backend.txt").write_text(backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_ddp_nccl_fit_and_test(tiny_h5, tmp_path):
+    # trainer=ddp on one GPU: a real NCCL process group (world size 1). Epoch-end values handed to
+    # self.log as CPU copies with sync_dist=True once crashed NCCL at the first validation end;
+    # gloo (trainer=ddp_cpu) accepts CPU tensors and hid it.
+    run_dir = tmp_path / "ddp_gpu"
+    tests = str(Path(__file__).resolve().parent)
+    result = run_console_script("amir-train", f"data.path={tiny_h5}", "trainer=ddp", "trainer.devices=1", *FAST,
+                                "trainer.max_epochs=2", "+callbacks.backend._target_=test_train.WriteBackend",
+                                f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                                env={"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "backend.txt").read_text() == "nccl"
+    test = _metrics(run_dir)["test"]
+    assert test["n"] == N_TEST
+    assert "sync_dist=True" not in result.stderr  # Lightning's advice does not apply to torchmetrics values
 
 
 class _StepWindow(L.Callback):
