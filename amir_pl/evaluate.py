@@ -9,12 +9,10 @@ Runs at the precision the checkpoint was trained with unless trainer.precision s
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -22,41 +20,9 @@ from amir_pl import report
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.data import H5DataModule
 from amir_pl.dataset_file import DatasetInfo
-from amir_pl.module import CHECKPOINT_TARGETS, AmirModule, foreign_targets
+from amir_pl.module import AmirModule, load_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def _unreadable(path: Path, error: Exception) -> AmirError:
-    if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a Python object
-        return AmirError(f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
-                         "does not unpickle (it runs no code from a checkpoint); use one written by amir-train")
-    return AmirError(f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})")
-
-
-def load_checkpoint(path: str | Path) -> AmirModule:
-    """Rebuild the trained module from a checkpoint written by amir-train, running no code from it.
-
-    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers, and the net and
-    optimizer are built only from the classes ``CHECKPOINT_TARGETS`` allows (checked before building).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AmirError(f"ckpt_path={path}: no such file; point it at a .ckpt in a run's checkpoints/ folder")
-    try:
-        # mmap: the weights are not read here, only the hyperparameters are looked at
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        foreign = foreign_targets(checkpoint["hyper_parameters"])
-    except Exception as error:  # a truncated file, another project's checkpoint, ...
-        raise _unreadable(path, error) from None
-    if foreign:
-        allowed = ", ".join(f"{key}: {module}.*" for key, (module, _) in CHECKPOINT_TARGETS.items())
-        raise AmirError(f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
-                        f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train")
-    try:
-        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise _unreadable(path, error) from None
 
 
 def check_compatible(module: AmirModule, info: DatasetInfo, ckpt_path) -> None:
@@ -113,8 +79,11 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     precision = cfg.trainer.get("precision") or module.trained_precision or "32-true"
     source = ("trainer.precision" if cfg.trainer.get("precision")
               else "the checkpoint's" if module.trained_precision else "the checkpoint does not say")
-    log.info("precision %s (%s)", precision, source)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision=precision)
+    if str(trainer.precision) != str(precision):  # e.g. Lightning runs 16-mixed as bf16-mixed on a CPU
+        log.warning("precision %s (%s) runs as %s on this accelerator", precision, source, trainer.precision)
+    else:
+        log.info("precision %s (%s)", precision, source)
     summaries = score_splits(trainer, module, datamodule, splits)
     finish(trainer, summaries, info.class_names, Path(cfg.paths.output_dir))
     return summaries

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from amir_pl.audio import RESAMPLING, MelFrontEnd, silence_gate
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import FeatureParams
-from amir_pl.evaluate import load_checkpoint
+from amir_pl.module import load_checkpoint
 from amir_pl.report import atomic_write
 
 

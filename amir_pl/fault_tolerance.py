@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
 from pathlib import Path
 
@@ -207,10 +208,13 @@ class PreemptionCheckpoint(Callback):
             return
         if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return
+        # The ranks agree on *which* signal too: a rank whose copy has not arrived yet must take the same
+        # path as the others (Lightning's requeue handler saves collectively, so a rank leaving would hang it).
+        signum = int(trainer.strategy.reduce(torch.tensor(self._received or 0, device=pl_module.device),
+                                             reduce_op="max")) or signal.SIGTERM
         path = last_checkpoint_path(trainer)
         # complete on every rank when this returns (a barrier follows the save)
         trainer.save_checkpoint(path, weights_only=False)
-        signum = self._received or signal.SIGTERM
         previous = self._previous.get(signum)
         if signum == signal.SIGTERM or not callable(previous):
             raise Preempted(signum, path)  # on_exception puts the previous handlers back
@@ -276,7 +280,9 @@ def _loadable(path: Path) -> str | None:
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # truncated zip, not a checkpoint at all, Python objects beyond plain data, ...
+    except pickle.UnpicklingError:
+        return "holds Python objects beyond tensors and plain containers, which amir-pl does not unpickle"
+    except Exception as error:  # truncated zip, not a checkpoint at all, ...
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
     if missing:
@@ -294,7 +300,7 @@ def first_loadable(candidates: list[Path]) -> Path:
             if problems:
                 log.warning("resuming from the previous checkpoint %s instead", path)
             return path
-        log.warning("checkpoint %s is corrupt or truncated (%s)", path, problem)
+        log.warning("checkpoint %s is unusable (%s)", path, problem)
         problems.append(f"{path}: {problem}")
     raise AmirError(
         "no usable checkpoint to resume from: " + "; ".join(problems)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -244,3 +246,35 @@ class AmirModule(L.LightningModule):
             return optimizer
         scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _unreadable(path: Path, error: Exception) -> AmirError:
+    if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a Python object
+        return AmirError(f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
+                         "does not unpickle (it runs no code from a checkpoint); use one written by amir-train")
+    return AmirError(f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})")
+
+
+def load_checkpoint(path: str | Path) -> AmirModule:
+    """Rebuild the trained module from a checkpoint written by amir-train, running no code from it.
+
+    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers, and the net and
+    optimizer are built only from the classes ``CHECKPOINT_TARGETS`` allows (checked before building).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AmirError(f"ckpt_path={path}: no such file; point it at a .ckpt in a run's checkpoints/ folder")
+    try:
+        # mmap: the weights are not read here, only the hyperparameters are looked at
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        foreign = foreign_targets(checkpoint["hyper_parameters"])
+    except Exception as error:  # a truncated file, another project's checkpoint, ...
+        raise _unreadable(path, error) from None
+    if foreign:
+        allowed = ", ".join(f"{key}: {module}.*" for key, (module, _) in CHECKPOINT_TARGETS.items())
+        raise AmirError(f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
+                        f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train")
+    try:
+        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise _unreadable(path, error) from None

@@ -37,7 +37,7 @@ from amir_pl.audio import (
 )
 from amir_pl.cli import CONFIG_DIR, AmirError, user_errors
 from amir_pl.dataset_file import FEATURE_ATTRS, FeatureParams
-from amir_pl.evaluate import load_checkpoint
+from amir_pl.module import load_checkpoint
 
 AGGREGATIONS = ("mean", "vote", "han")
 

@@ -122,7 +122,9 @@ def main(cfg: DictConfig) -> None:
         try:
             train(cfg)
         except Preempted as stop:
-            print(f"amir-train: {stop}; run the same command with resume=true to continue", file=sys.stderr)
+            then = ("the job is requeued and continues in this run folder by itself" if stop.handed_to
+                    else "run the same command with resume=true to continue")
+            print(f"amir-train: {stop}; {then}", file=sys.stderr)
             sys.exit(128 + stop.signum)
 
 

@@ -3,7 +3,7 @@ import torch
 
 from amir_pl.audio import MelFrontEnd
 from amir_pl.dataset_file import FeatureParams
-from amir_pl.evaluate import load_checkpoint
+from amir_pl.module import load_checkpoint
 from amir_pl.export import export, load_exported
 
 

@@ -180,7 +180,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(compose_cfg, tin
 
     with caplog.at_level(logging.WARNING):
         assert find_resume_checkpoint(str(tmp_path), tmp_path / "new", tmp_path, []) == best
-    assert f"checkpoint {last} is corrupt or truncated" in caplog.text
+    assert f"checkpoint {last} is unusable" in caplog.text
 
     best.write_text("not a checkpoint")
     with pytest.raises(AmirError, match="no usable checkpoint to resume from"):

@@ -9,7 +9,8 @@ from torch import nn
 
 import amir_pl.evaluate
 from amir_pl.cli import AmirError
-from amir_pl.evaluate import evaluate, load_checkpoint
+from amir_pl.evaluate import evaluate
+from amir_pl.module import load_checkpoint
 from amir_pl.fault_tolerance import _loadable
 from amir_pl.train import train
 from conftest import FAST, TINY_CLASSES, TINY_SPLITS

@@ -8,7 +8,7 @@ import torch
 from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams
-from amir_pl.evaluate import load_checkpoint
+from amir_pl.module import load_checkpoint
 from amir_pl.predict import _batch_size, aggregate, last_level_cache_bytes, predict
 from test_prepare import write_tone
 

@@ -14,7 +14,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from amir_pl.audio import silence_gate
 from amir_pl.data import H5DataModule, rows_grouped_by_class
 from amir_pl.dataset_file import DatasetWriter, FeatureParams, read_info, write_synthetic
-from amir_pl.evaluate import load_checkpoint
+from amir_pl.module import load_checkpoint
 from amir_pl.export import build
 from amir_pl.predict import predict
 from amir_pl.prepare import prepare
