@@ -32,7 +32,7 @@ from amir_pl.cli import AmirError
 # Epoch values are logged without sync_dist: they come from torchmetrics, whose compute() has
 # already synced them across ranks. Lightning's advice to add it (one more all-reduce) does not apply.
 warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/",
+    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
     category=PossibleUserWarning,
 )
 
