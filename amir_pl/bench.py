@@ -281,7 +281,8 @@ def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[
                 raise AmirError(f"bench train.run: no variant {name!r}; choose from {list(cfg.variants)}")
             options = dict(cfg.variants[name] or {})
             datamodule = H5DataModule(str(path), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                      cache=options.get("cache", "none"), persistent_workers=True)
+                                      read_run=cfg.get("read_run"), cache=options.get("cache", "none"),
+                                      persistent_workers=True)
             timer = _EpochTimer()
             trainer = L.Trainer(
                 accelerator="auto", devices=1, max_epochs=cfg.epochs, precision=options.get("precision", "32-true"),

@@ -7,9 +7,9 @@ amir-prepare writes each split in a seeded random row order, so a run is a rando
 draw of clips and a batch mixes classes like a per-clip shuffle; what runs give up
 is that the same few clips share a batch in every epoch. Random single-clip reads
 reach a few thousand clips/s per process; runs of 8 about five times more
-(README, Performance). ``read_run=1`` gives fully per-clip batches, reshuffled every
-epoch, at that cost (``experiment=paper`` and ``quickstart`` use it: on a CPU the
-net, not the file, is the bottleneck).
+(README, Performance). The default, ``read_run=1``, gives per-clip batches paired anew
+every epoch (as the thesis's code fed them), at that read cost; ``read_run=None`` (the
+chunk) or a larger number trades that for speed where the loader cannot keep up.
 
 The samplers shard by rank themselves (the Trainer's ``use_distributed_sampler``
 must be off): in training each rank gets an equal share of a shared shuffled
@@ -310,7 +310,7 @@ class H5DataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = 4,
-        read_run: int | None = None,
+        read_run: int | None = 1,
         drop_last: bool = False,
         seed: int = 0,
         test_split: str = "test",

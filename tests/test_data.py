@@ -191,7 +191,7 @@ def test_writer_leaves_nothing_at_the_output_path_on_failure(tmp_path):
 
 @pytest.mark.parametrize("cache", ["memory", "device"])  # device is the CPU here: the same code path
 def test_cached_split_gives_the_same_clips_without_reading_the_file(indexed_h5, cache, monkeypatch):
-    streamed = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, seed=3)
+    streamed = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, seed=3, read_run=None)
     cached = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, seed=3, cache=cache, read_run=None)
     loader = cached.train_dataloader()
     assert isinstance(loader.dataset, CachedSplit)

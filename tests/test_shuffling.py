@@ -69,7 +69,7 @@ def test_prepared_class_ordered_source_gives_batches_mixed_like_a_random_draw(co
 
     # Batches of 16 read as runs of one chunk (8 clips) vs fully random batches of 16 from the same
     # labels: the mean number of distinct classes a batch holds must agree within 4 standard errors.
-    dm = H5DataModule(str(path), batch_size=16, num_workers=0, seed=5)
+    dm = H5DataModule(str(path), batch_size=16, num_workers=0, seed=5, read_run=None)
     loader = dm.train_dataloader()
     assert loader.batch_sampler.run_length == 8
     observed = []
@@ -108,7 +108,7 @@ def test_file_grouped_by_class_is_read_one_clip_at_a_time(tmp_path, caplog):
         writer.append("train", np.zeros((len(y), 4, 5), np.float32), y, [f"f{i}" for i in range(len(y))], np.zeros(len(y)))
     assert rows_grouped_by_class(path, "train", 8)
     with caplog.at_level(logging.WARNING):
-        loader = H5DataModule(str(path), batch_size=16, num_workers=0).train_dataloader()
+        loader = H5DataModule(str(path), batch_size=16, num_workers=0, read_run=None).train_dataloader()
     assert loader.batch_sampler.run_length == 1
     assert "grouped by class" in caplog.text and "amir-prepare" in caplog.text
     assert _distinct([batch[1].numpy() for batch in loader]) > 4  # 6 classes, batches of 16: ~5.9 at random
@@ -123,14 +123,14 @@ def _co_batched_pairs(batches) -> set:
 
 
 def test_per_clip_batches_pair_clips_anew_every_epoch(tmp_path):
-    """``read_run=1`` (experiment=paper, quickstart): two epochs share no more co-batched pairs than
-    chance allows, where runs of 8 share every pair inside a run."""
+    """``read_run=1`` (the default): two epochs share no more co-batched pairs than chance allows,
+    where runs of 8 share every pair inside a run."""
     path = write_synthetic(tmp_path / "f.h5", {"train": 100}, class_names=[f"c{k}" for k in range(6)],
                            features=FeatureParams(n_mels=4, clip_samples=4 * 512))
     n, batch_size = 600, 32
 
-    def pairs_shared(read_run):
-        loader = H5DataModule(str(path), batch_size=batch_size, num_workers=0, read_run=read_run).train_dataloader()
+    def pairs_shared(**options):
+        loader = H5DataModule(str(path), batch_size=batch_size, num_workers=0, **options).train_dataloader()
         epochs = []
         for epoch in (0, 1):
             _set_sampler_epoch(loader, epoch)
@@ -138,13 +138,13 @@ def test_per_clip_batches_pair_clips_anew_every_epoch(tmp_path):
         return len(epochs[0] & epochs[1]) / len(epochs[0])
 
     chance = (batch_size - 1) / (n - 1)  # probability that a given pair shares a batch in one epoch
-    assert pairs_shared(1) < 1.5 * chance
-    assert pairs_shared(8) > (8 - 1) / (batch_size - 1)  # the pairs inside a run are together every epoch
+    assert pairs_shared() < 1.5 * chance  # the default: single clips
+    assert pairs_shared(read_run=8) > (8 - 1) / (batch_size - 1)  # the pairs inside a run are together every epoch
 
 
-@pytest.mark.parametrize("experiment", ["paper", "quickstart"])
-def test_thesis_and_quickstart_recipes_shuffle_single_clips(compose_cfg, experiment):
-    cfg = compose_cfg("train", ["data.path=x.h5", f"experiment={experiment}"])
+@pytest.mark.parametrize("experiment", [None, "paper", "quickstart"])
+def test_default_thesis_and_quickstart_recipes_shuffle_single_clips(compose_cfg, experiment):
+    cfg = compose_cfg("train", ["data.path=x.h5", *([f"experiment={experiment}"] if experiment else [])])
     assert cfg.data.read_run == 1
 
 
