@@ -199,13 +199,14 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
     )
     bare, lightning = [], []
     for index in range(rounds):
-        order = ("bare", "lightning") if index % 2 == 0 else ("lightning", "bare")
-        for name in order:
-            if name == "bare":
-                bare.append(_bare_round(module_args, batches, cfg.warmup, device))
-            else:
-                lightning.append(_lightning_round(module_args, batches, cfg.warmup))
-        print(f"overhead: round {index + 1}/{rounds} ({' then '.join(order)}): bare {bare[-1]:.3f}, "
+        bare_first = index % 2 == 0
+        if bare_first:
+            bare.append(_bare_round(module_args, batches, cfg.warmup, device))
+        lightning.append(_lightning_round(module_args, batches, cfg.warmup))
+        if not bare_first:
+            bare.append(_bare_round(module_args, batches, cfg.warmup, device))
+        order = "bare then lightning" if bare_first else "lightning then bare"
+        print(f"overhead: round {index + 1}/{rounds} ({order}): bare {bare[-1]:.3f}, "
               f"Trainer.fit {lightning[-1]:.3f} steps/s", flush=True)
     ratios = [light / plain for light, plain in zip(lightning, bare)]
     result = {

@@ -1,8 +1,8 @@
 """Streaming the dataset file into Lightning: the HDF5 ``Dataset``, batch samplers and the DataModule.
 
 Speed comes from the read pattern, not from caching. A training batch is made of
-a few *runs* of consecutive clips (by default one HDF5 chunk each) drawn in a
-shuffled order, and the dataset reads each run with one contiguous HDF5 call.
+*runs* of consecutive clips (``read_run`` clips each: by default 1, single clips)
+drawn in a shuffled order, and the dataset reads each run with one contiguous HDF5 call.
 amir-prepare writes each split in a seeded random row order, so a run is a random
 draw of clips and a batch mixes classes like a per-clip shuffle; what runs give up
 is that the same few clips share a batch in every epoch. Random single-clip reads
@@ -234,7 +234,8 @@ class ShuffledRunBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         starts = np.arange(0, self.length, self.run_length)
         rng.shuffle(starts)
-        order = np.concatenate([np.arange(s, min(s + self.run_length, self.length)) for s in starts])
+        order = (starts[:, None] + np.arange(self.run_length)).ravel()  # each run's clips, runs in shuffled order
+        order = order[order < self.length]  # the last run may be short
         share = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
         skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
         self._resume = None

@@ -252,7 +252,7 @@ def checkpoints_in(folder: Path) -> list[Path]:
 def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: list[str]) -> Path | None:
     """The most recent run under ``runs_root`` started with the same overrides that has checkpoints."""
     wanted = sorted(o for o in overrides if not _is_resume_override(o))
-    best: tuple[float, Path] | None = None
+    matches = []
     for overrides_file in runs_root.glob("**/.hydra/overrides.yaml"):
         run = overrides_file.parent.parent
         if run.resolve() == current_run.resolve():
@@ -261,13 +261,16 @@ def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: 
             theirs = sorted(o for o in OmegaConf.load(overrides_file) if not _is_resume_override(str(o)))
         except Exception:
             continue
-        checkpoints = checkpoints_in(run / CHECKPOINT_DIR)
-        if theirs != wanted or not checkpoints:
-            continue
-        newest = max(p.stat().st_mtime for p in checkpoints)
-        if best is None or newest > best[0]:
-            best = (newest, run)
-    return best[1] if best else None
+        if theirs == wanted:
+            matches.append(run)
+    return _most_recently_saved(matches)
+
+
+def _most_recently_saved(runs) -> Path | None:
+    """The run among ``runs`` whose newest checkpoint is the newest; None if none has checkpoints."""
+    saved = [(max(p.stat().st_mtime for p in found), run) for run in runs
+             if (found := checkpoints_in(run / CHECKPOINT_DIR))]
+    return max(saved, key=lambda item: item[0])[1] if saved else None
 
 
 def _loadable(path: Path) -> str | None:
@@ -384,18 +387,15 @@ def requeued_slurm_run(runs_root: Path, run_dir: Path, overrides: list[str]) -> 
     if job is None or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
         return None
     wanted = sorted(o for o in overrides if not _is_resume_override(o))
-    best: tuple[float, Path] | None = None
+    matches = []
     for marker in {run_dir / SLURM_JOB_FILE, *runs_root.glob(f"**/{SLURM_JOB_FILE}")}:
         try:
             record = json.loads(marker.read_text())
         except (OSError, ValueError):
             continue
-        checkpoints = checkpoints_in(marker.parent / CHECKPOINT_DIR)
-        if record.get("job_id") != job or record.get("overrides") != wanted or not checkpoints:
-            continue
-        newest = max(p.stat().st_mtime for p in checkpoints)
-        if best is None or newest > best[0]:
-            best = (newest, marker.parent)
-    if best is None:
+        if record.get("job_id") == job and record.get("overrides") == wanted:
+            matches.append(marker.parent)
+    own = _most_recently_saved(matches)
+    if own is None:
         log.info("SLURM job %s restarted, but no earlier run folder of it has checkpoints; starting afresh", job)
-    return best[1] if best else None
+    return own
