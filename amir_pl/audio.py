@@ -202,8 +202,10 @@ def _read_mono(handle: soundfile.SoundFile, begin: int, end: int, frames: int) -
         as_int16 = handle.subtype == "PCM_16"
         data = handle.read(hi - lo, dtype="int16" if as_int16 else "float32", always_2d=True)
         if len(data) < hi - lo:
-            raise AudioError(f"file ends after {(lo + len(data)) / handle.samplerate:.2f} s, "
-                             f"its header says {frames / handle.samplerate:.2f} s")
+            raise AudioError(
+                f"file ends after {(lo + len(data)) / handle.samplerate:.2f} s, "
+                f"its header says {frames / handle.samplerate:.2f} s"
+            )
         # The mean of the channels, summed column by column: numpy's mean over a short last axis
         # is several times slower than the whole rest of the front end.
         target = out[lo - begin : hi - begin]

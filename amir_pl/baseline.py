@@ -31,7 +31,9 @@ from amir_pl.dataset_file import DatasetInfo, read_info
 from amir_pl.module import classification_metrics
 
 
-def mfcc_statistics(info: DatasetInfo, split: str, n_mfcc: int = 20, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def mfcc_statistics(
+    info: DatasetInfo, split: str, n_mfcc: int = 20, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, 4 * n_mfcc), labels (N,)) for one split, read in contiguous batches."""
     dataset = H5ClipDataset(info.path, split, info.splits[split])
     dct = torchaudio.functional.create_dct(n_mfcc, info.features.n_mels, norm="ortho")  # (n_mels, n_mfcc)

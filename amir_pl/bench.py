@@ -60,8 +60,14 @@ def _loader_epoch(path: str, batch_size: int, num_workers: int, read_run: int | 
     """Run in a fresh process so that its peak memory belongs to this measurement alone."""
     multiprocessing.set_start_method("fork", force=True)  # workers start as in training, not re-spawned
     baseline = peak_rss_mb()  # the interpreter with torch, Lightning and h5py imported
-    datamodule = H5DataModule(path, batch_size=batch_size, num_workers=num_workers, read_run=read_run,
-                              pin_memory=False, persistent_workers=True)
+    datamodule = H5DataModule(
+        path,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        read_run=read_run,
+        pin_memory=False,
+        persistent_workers=True,
+    )
     loader = datamodule.train_dataloader()
     rates = []
     for epoch in range(epochs):
@@ -100,9 +106,14 @@ def bench_loader(cfg: DictConfig, work_dir: Path) -> list[dict]:
                     process.start()
                     result = queue.get()
                     process.join()
-                    row = {"clips": per_class * 12, "file_gb": round(path.stat().st_size / 1e9, 2),
-                           "num_workers": num_workers, "read_run": read_run or "chunk",
-                           "batch_size": cfg.batch_size, **result}
+                    row = {
+                        "clips": per_class * 12,
+                        "file_gb": round(path.stat().st_size / 1e9, 2),
+                        "num_workers": num_workers,
+                        "read_run": read_run or "chunk",
+                        "batch_size": cfg.batch_size,
+                        **result,
+                    }
                     rows.append(row)
                     print(f"loader: {row}", flush=True)
         finally:
@@ -167,8 +178,15 @@ def _lightning_round(module_args: dict, batches: list, warmup: int) -> float:
     """Steps/s of ``Trainer.fit`` over the same batches."""
     timer = _WindowTimer(warmup, len(batches) - 1)
     trainer = L.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        accelerator="auto",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
         use_distributed_sampler=False,
     )
     trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
@@ -184,18 +202,22 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
     if not isinstance(rounds, int) or rounds < 1:
         raise AmirError(f"bench overhead.rounds={rounds}: give a whole number of rounds >= 1 (e.g. overhead.rounds=5)")
     if cfg.steps <= cfg.warmup:
-        raise AmirError(f"bench overhead.steps={cfg.steps} leaves no timed step after overhead.warmup={cfg.warmup}: "
-                        f"set overhead.steps above overhead.warmup")
+        raise AmirError(
+            f"bench overhead.steps={cfg.steps} leaves no timed step after overhead.warmup={cfg.warmup}: "
+            f"set overhead.steps above overhead.warmup"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     shape = tuple(cfg.input_shape)
     batches = [
-        (torch.randn(cfg.batch_size, *shape).half(), torch.randint(0, 12, (cfg.batch_size,)))
-        for _ in range(cfg.steps)
+        (torch.randn(cfg.batch_size, *shape).half(), torch.randint(0, 12, (cfg.batch_size,))) for _ in range(cfg.steps)
     ]
     module_args = dict(
-        net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
-        class_names=[str(i) for i in range(12)], features={}, input_shape=shape,
+        net=model_cfg,
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+        class_names=[str(i) for i in range(12)],
+        features={},
+        input_shape=shape,
     )
     bare, lightning = [], []
     for index in range(rounds):
@@ -206,19 +228,26 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
         if not bare_first:
             bare.append(_bare_round(module_args, batches, cfg.warmup, device))
         order = "bare then lightning" if bare_first else "lightning then bare"
-        print(f"overhead: round {index + 1}/{rounds} ({order}): bare {bare[-1]:.3f}, "
-              f"Trainer.fit {lightning[-1]:.3f} steps/s", flush=True)
+        print(
+            f"overhead: round {index + 1}/{rounds} ({order}): bare {bare[-1]:.3f}, "
+            f"Trainer.fit {lightning[-1]:.3f} steps/s",
+            flush=True,
+        )
     ratios = [light / plain for light, plain in zip(lightning, bare)]
     result = {
         "device": _device_name(),
-        "batch_size": cfg.batch_size, "input_shape": list(shape), "timed_steps": cfg.steps - cfg.warmup,
+        "batch_size": cfg.batch_size,
+        "input_shape": list(shape),
+        "timed_steps": cfg.steps - cfg.warmup,
         "rounds": rounds,
         "bare_steps_per_s": round(statistics.median(bare), 3),
         "lightning_steps_per_s": round(statistics.median(lightning), 3),
         "lightning_over_bare": round(statistics.median(ratios), 3),
-        "per_round": {"bare_steps_per_s": [round(v, 3) for v in bare],
-                      "lightning_steps_per_s": [round(v, 3) for v in lightning],
-                      "lightning_over_bare": [round(v, 3) for v in ratios]},
+        "per_round": {
+            "bare_steps_per_s": [round(v, 3) for v in bare],
+            "lightning_steps_per_s": [round(v, 3) for v in lightning],
+            "lightning_over_bare": [round(v, 3) for v in ratios],
+        },
     }
     print(f"overhead: {result}", flush=True)
     return result
@@ -240,9 +269,15 @@ class _EpochTimer(L.Callback):
 
 
 def _module(model_cfg: DictConfig, shape, options) -> AmirModule:
-    return AmirModule(net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
-                      class_names=[str(i) for i in range(12)], features={}, input_shape=shape,
-                      channels_last=options.get("channels_last", False), compile=options.get("compile", False))
+    return AmirModule(
+        net=model_cfg,
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+        class_names=[str(i) for i in range(12)],
+        features={},
+        input_shape=shape,
+        channels_last=options.get("channels_last", False),
+        compile=options.get("compile", False),
+    )
 
 
 def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, options) -> float:
@@ -254,8 +289,9 @@ def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, opt
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.randn(batch_size, 1, *shape, device=device)
     y = torch.randint(0, 12, (batch_size,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=str(options.get("precision", "32")).startswith("bf16"))
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=str(options.get("precision", "32")).startswith("bf16")
+    )
     warmup = max(3, steps // 5)
     for step in range(warmup + steps):
         if step == warmup:
@@ -281,22 +317,42 @@ def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[
             if name not in cfg.variants:
                 raise AmirError(f"bench train.run: no variant {name!r}; choose from {list(cfg.variants)}")
             options = dict(cfg.variants[name] or {})
-            datamodule = H5DataModule(str(path), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                      read_run=cfg.get("read_run"), cache=options.get("cache", "none"),
-                                      persistent_workers=True)
+            datamodule = H5DataModule(
+                str(path),
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                read_run=cfg.get("read_run"),
+                cache=options.get("cache", "none"),
+                persistent_workers=True,
+            )
             timer = _EpochTimer()
             trainer = L.Trainer(
-                accelerator="auto", devices=1, max_epochs=cfg.epochs, precision=options.get("precision", "32-true"),
-                benchmark=options.get("benchmark", False), logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+                accelerator="auto",
+                devices=1,
+                max_epochs=cfg.epochs,
+                precision=options.get("precision", "32-true"),
+                benchmark=options.get("benchmark", False),
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=0,
+                callbacks=[timer],
                 use_distributed_sampler=False,
             )
             trainer.fit(_module(model_cfg, shape, options), datamodule=datamodule)
             end_to_end = timer.samples / timer.seconds
             ceiling = _bare_ceiling(model_cfg, shape, cfg.batch_size, cfg.bare_steps, options)
-            row = {"variant": name, **options, "batch_size": cfg.batch_size, "clips": per_class * 12,
-                   "samples_per_s": round(end_to_end), "bare_ceiling_samples_per_s": round(ceiling),
-                   "of_ceiling": round(end_to_end / ceiling, 3), "device": _device_name()}
+            row = {
+                "variant": name,
+                **options,
+                "batch_size": cfg.batch_size,
+                "clips": per_class * 12,
+                "samples_per_s": round(end_to_end),
+                "bare_ceiling_samples_per_s": round(ceiling),
+                "of_ceiling": round(end_to_end / ceiling, 3),
+                "device": _device_name(),
+            }
             rows.append(row)
             print(f"train: {row}", flush=True)
     finally:
@@ -314,8 +370,9 @@ def bench_stream(cfg: DictConfig, work_dir: Path) -> dict:
     context = multiprocessing.get_context("spawn")
     try:
         queue = context.Queue()
-        process = context.Process(target=_loader_epoch,
-                                  args=(str(path), cfg.batch_size, cfg.num_workers, None, cfg.epochs, queue))
+        process = context.Process(
+            target=_loader_epoch, args=(str(path), cfg.batch_size, cfg.num_workers, None, cfg.epochs, queue)
+        )
         process.start()
         result = queue.get()
         process.join()
@@ -323,8 +380,14 @@ def bench_stream(cfg: DictConfig, work_dir: Path) -> dict:
         size = path.stat().st_size if path.exists() else 0
         if not cfg.keep_file:
             path.unlink(missing_ok=True)
-    row = {"clips": per_class * 12, "file_gb": round(size / 1e9, 2), "write_s": round(written, 1),
-           "num_workers": cfg.num_workers, "batch_size": cfg.batch_size, **result}
+    row = {
+        "clips": per_class * 12,
+        "file_gb": round(size / 1e9, 2),
+        "write_s": round(written, 1),
+        "num_workers": cfg.num_workers,
+        "batch_size": cfg.batch_size,
+        **result,
+    }
     print(f"stream: {row}", flush=True)
     return row
 
@@ -359,13 +422,25 @@ def bench_prepare(cfg: DictConfig, work_dir: Path) -> dict:
 
     root = work_dir / "bench_audio"
     files = _write_recordings(root, cfg.files, cfg.seconds)
-    result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
-              "num_workers": cfg.num_workers}
+    result = {
+        "files": cfg.files,
+        "seconds_each": cfg.seconds,
+        "format": "44.1 kHz stereo 16-bit WAV",
+        "num_workers": cfg.num_workers,
+    }
     prepare_cfg = OmegaConf.load(Path(CONFIG_DIR) / "prepare.yaml")
     del prepare_cfg["defaults"]
-    prepare_cfg.merge_with({"source": str(root), "output": str(work_dir / "bench_prepare.h5"), "overwrite": True,
-                            "classes": ["piano"], "num_workers": cfg.num_workers, "progress": False,
-                            "paths": {"output_dir": str(work_dir / "bench_prepare_run")}})
+    prepare_cfg.merge_with(
+        {
+            "source": str(root),
+            "output": str(work_dir / "bench_prepare.h5"),
+            "overwrite": True,
+            "classes": ["piano"],
+            "num_workers": cfg.num_workers,
+            "progress": False,
+            "paths": {"output_dir": str(work_dir / "bench_prepare_run")},
+        }
+    )
     start = time.perf_counter()
     report = prepare(prepare_cfg)
     clips = sum(report["clips"].values())
@@ -386,9 +461,11 @@ def bench_prepare(cfg: DictConfig, work_dir: Path) -> dict:
             clips = sum(pool.map(_librosa_file, files, chunksize=1))
         result["librosa_n_processes_clips_per_s"] = round(clips / (time.perf_counter() - start), 1)
         result["speedup_vs_librosa_1_process"] = round(
-            result["amir_prepare_clips_per_s"] / result["librosa_1_process_clips_per_s"], 2)
+            result["amir_prepare_clips_per_s"] / result["librosa_1_process_clips_per_s"], 2
+        )
         result["speedup_vs_librosa_n_processes"] = round(
-            result["amir_prepare_clips_per_s"] / result["librosa_n_processes_clips_per_s"], 2)
+            result["amir_prepare_clips_per_s"] / result["librosa_n_processes_clips_per_s"], 2
+        )
     for path in files:
         Path(path).unlink()
     print(f"prepare: {result}", flush=True)
@@ -423,29 +500,53 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
     from amir_pl.predict import last_level_cache_bytes, predict
 
     features = FeatureParams()
-    module = AmirModule(net=model_cfg, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
-                        class_names=CLASS_NAMES, features=features.as_dict(),
-                        input_shape=(features.n_mels, features.frames))
+    module = AmirModule(
+        net=model_cfg,
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+        class_names=CLASS_NAMES,
+        features=features.as_dict(),
+        input_shape=(features.n_mels, features.frames),
+    )
     checkpoint = work_dir / "bench_predict.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": lightning.__version__}, checkpoint)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        checkpoint,
+    )
     root = work_dir / "bench_predict_audio"
     paths = _write_recordings(root, cfg.files, cfg.seconds)
     predict_cfg = OmegaConf.load(Path(CONFIG_DIR) / "predict.yaml")
     del predict_cfg["defaults"]
-    predict_cfg.merge_with({"ckpt_path": str(checkpoint), "inputs": str(root), "num_workers": cfg.num_workers,
-                            "batch_size": cfg.batch_size, "paths": {"output_dir": str(work_dir / "bench_predict_run")}})
+    predict_cfg.merge_with(
+        {
+            "ckpt_path": str(checkpoint),
+            "inputs": str(root),
+            "num_workers": cfg.num_workers,
+            "batch_size": cfg.batch_size,
+            "paths": {"output_dir": str(work_dir / "bench_predict_run")},
+        }
+    )
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         rows = predict(predict_cfg)
     elapsed = time.perf_counter() - start
     audio_seconds = sum(row["duration_s"] for row in rows)
-    result = {"files": cfg.files, "seconds_each": cfg.seconds, "format": "44.1 kHz stereo 16-bit WAV",
-              "windows": sum(row["windows_used"] for row in rows), "hop_seconds": predict_cfg.hop_seconds,
-              "num_workers": cfg.num_workers, "torch_threads": torch.get_num_threads(), "batch_size": cfg.batch_size,
-              "cpu_last_level_cache_mb": round((last_level_cache_bytes() or 0) / 2**20),
-              "device": "cuda" if torch.cuda.is_available() else "cpu",
-              "seconds_of_audio_per_second": round(audio_seconds / elapsed, 1)}
+    result = {
+        "files": cfg.files,
+        "seconds_each": cfg.seconds,
+        "format": "44.1 kHz stereo 16-bit WAV",
+        "windows": sum(row["windows_used"] for row in rows),
+        "hop_seconds": predict_cfg.hop_seconds,
+        "num_workers": cfg.num_workers,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": cfg.batch_size,
+        "cpu_last_level_cache_mb": round((last_level_cache_bytes() or 0) / 2**20),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "seconds_of_audio_per_second": round(audio_seconds / elapsed, 1),
+    }
     for path in paths:
         Path(path).unlink()
     checkpoint.unlink()

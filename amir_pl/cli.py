@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 from omegaconf.errors import MissingMandatoryValue
 

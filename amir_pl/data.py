@@ -47,7 +47,7 @@ class H5ClipDataset(Dataset):
 
     # Every dataset holding a handle this process opened, so that H5DataModule.teardown can close
     # them: the loaders that made them live on inside the Trainer, out of the DataModule's reach.
-    _open_in_process: "weakref.WeakSet[H5ClipDataset]" = weakref.WeakSet()
+    _open_in_process: weakref.WeakSet[H5ClipDataset] = weakref.WeakSet()
 
     def __init__(self, path: str | os.PathLike, split: str, length: int):
         self.path = str(path)
@@ -152,7 +152,7 @@ class CachedSplit(Dataset):
         return self.x[index], self.y[index]
 
     @classmethod
-    def load(cls, path: str | os.PathLike, split: str, device: torch.device, block: int = 4096) -> "CachedSplit":
+    def load(cls, path: str | os.PathLike, split: str, device: torch.device, block: int = 4096) -> CachedSplit:
         """Read ``split`` block by block straight into a tensor on ``device`` (no second host copy)."""
         with h5py.File(path, "r") as handle:
             x_data, y = handle[split]["x"], handle[split]["y"][()].astype(np.int64)
@@ -211,7 +211,7 @@ class ShuffledRunBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     @property
-    def sampler(self) -> "ShuffledRunBatchSampler":
+    def sampler(self) -> ShuffledRunBatchSampler:
         """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (not on the batch
         sampler itself): this sampler is its own."""
         return self
@@ -386,10 +386,19 @@ class H5DataModule(L.LightningDataModule):
             if self.trainer is not None:
                 fits = self.trainer.strategy.reduce_boolean_decision(fits, all=True)
             if not fits:
-                log.warning("data.cache=%s: split %r needs %.2f GB (%d local rank(s) x %.2f GB), more than %.0f%% "
-                            "of the %.2f GB free on %s (or another rank lacks it); streaming it from the file "
-                            "instead", self.cache, split, copies * nbytes / 1e9, copies, nbytes / 1e9,
-                            100 * self.cache_max_fraction, free / 1e9, device)
+                log.warning(
+                    "data.cache=%s: split %r needs %.2f GB (%d local rank(s) x %.2f GB), more than %.0f%% "
+                    "of the %.2f GB free on %s (or another rank lacks it); streaming it from the file "
+                    "instead",
+                    self.cache,
+                    split,
+                    copies * nbytes / 1e9,
+                    copies,
+                    nbytes / 1e9,
+                    100 * self.cache_max_fraction,
+                    free / 1e9,
+                    device,
+                )
                 self._cached[split] = None
             else:
                 self._cached[split] = CachedSplit.load(self.path, split, device)
@@ -398,8 +407,12 @@ class H5DataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_sampler: Sampler) -> DataLoader:
         cached = self._cached_split(split)
         if cached is not None:  # already collated tensors in memory: no workers, no pinning
-            return DataLoader(cached, batch_sampler=batch_sampler, collate_fn=_passthrough,
-                              generator=torch.Generator().manual_seed(self.seed))
+            return DataLoader(
+                cached,
+                batch_sampler=batch_sampler,
+                collate_fn=_passthrough,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
         workers = self.num_workers
         return DataLoader(
             H5ClipDataset(self.path, split, self.info.splits[split]),
@@ -447,9 +460,13 @@ class H5DataModule(L.LightningDataModule):
         else:
             requested = self.info.chunk_clips
         if requested > 1 and rows_grouped_by_class(self.info.path, "train", requested):
-            log.warning("%s: its training rows are grouped by class (written by an older amir-prepare), so runs of "
-                        "%d consecutive clips would give batches of few classes; reading one clip at a time instead "
-                        "(slower; re-run amir-prepare to write a shuffled file)", self.info.path, requested)
+            log.warning(
+                "%s: its training rows are grouped by class (written by an older amir-prepare), so runs of "
+                "%d consecutive clips would give batches of few classes; reading one clip at a time instead "
+                "(slower; re-run amir-prepare to write a shuffled file)",
+                self.info.path,
+                requested,
+            )
             return 1
         return requested
 

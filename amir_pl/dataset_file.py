@@ -270,8 +270,15 @@ def shuffle_rows(
         features = FeatureParams.from_mapping(src.attrs)
         class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in src.attrs["class_names"]]
         dtype = next(src[split]["x"].dtype for split in SPLITS if split in src)
-        with DatasetWriter(output, class_names, features, dtype=dtype, chunk_clips=chunk_clips,
-                           overwrite=True, rms_threshold=rms_threshold) as writer:
+        with DatasetWriter(
+            output,
+            class_names,
+            features,
+            dtype=dtype,
+            chunk_clips=chunk_clips,
+            overwrite=True,
+            rms_threshold=rms_threshold,
+        ) as writer:
             for split_index, split in enumerate(SPLITS):
                 if split not in src or len(keep.get(split, ())) == 0:
                     continue
@@ -320,6 +327,8 @@ def write_synthetic(
                 for i, label in enumerate(labels):
                     low = label * band
                     x[i, low : low + band, :] += 1.0
-                sources = [f"{class_names[label]}/synthetic_{split}_{start + i:06d}.wav" for i, label in enumerate(labels)]
+                sources = [
+                    f"{class_names[label]}/synthetic_{split}_{start + i:06d}.wav" for i, label in enumerate(labels)
+                ]
                 writer.append(split, x, labels, sources, np.zeros(len(labels)))
     return Path(path)

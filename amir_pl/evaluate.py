@@ -77,8 +77,13 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         raise AmirError(f"splits={splits}: {info.path} has no {missing}; it has {list(info.splits)}")
     # null: the checkpoint's own precision (a bf16-mixed run's figures are reproduced); older ones: 32-true
     precision = cfg.trainer.get("precision") or module.trained_precision or "32-true"
-    source = ("trainer.precision" if cfg.trainer.get("precision")
-              else "the checkpoint's" if module.trained_precision else "the checkpoint does not say")
+    source = (
+        "trainer.precision"
+        if cfg.trainer.get("precision")
+        else "the checkpoint's"
+        if module.trained_precision
+        else "the checkpoint does not say"
+    )
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision=precision)
     if str(trainer.precision) != str(precision):  # e.g. Lightning runs 16-mixed as bf16-mixed on a CPU
         log.warning("precision %s (%s) runs as %s on this accelerator", precision, source, trainer.precision)

@@ -57,7 +57,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+        atomic_write(
+            path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options)
+        )
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -68,8 +70,9 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath, every_n_train_steps: int | None = None, **kwargs):
-        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
-                         every_n_train_steps=every_n_train_steps, **kwargs)
+        super().__init__(
+            dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps, **kwargs
+        )
 
     def _save_last_at_epoch_end(self, trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
@@ -128,8 +131,12 @@ class RNGState(Callback):
         if trainer.global_rank < len(states):
             self._restore(states[trainer.global_rank])
         else:
-            log.warning("checkpoint has RNG states for %d ranks, not %d: rank %d starts new streams",
-                        len(states), trainer.world_size, trainer.global_rank)
+            log.warning(
+                "checkpoint has RNG states for %d ranks, not %d: rank %d starts new streams",
+                len(states),
+                trainer.world_size,
+                trainer.global_rank,
+            )
 
 
 def _catchable_signal(name) -> signal.Signals:
@@ -143,8 +150,10 @@ def _catchable_signal(name) -> signal.Signals:
     except (KeyError, ValueError):
         signum = None
     if signum is None or signum in (signal.SIGKILL, signal.SIGSTOP):
-        raise AmirError(f"callbacks.preemption.signals: {name!r} is not a signal a process can catch; "
-                        "use names such as SIGTERM, SIGUSR1, SIGUSR2")
+        raise AmirError(
+            f"callbacks.preemption.signals: {name!r} is not a signal a process can catch; "
+            "use names such as SIGTERM, SIGUSR1, SIGUSR2"
+        )
     return signum
 
 
@@ -210,8 +219,10 @@ class PreemptionCheckpoint(Callback):
             return
         # The ranks agree on *which* signal too: a rank whose copy has not arrived yet must take the same
         # path as the others (Lightning's requeue handler saves collectively, so a rank leaving would hang it).
-        signum = int(trainer.strategy.reduce(torch.tensor(self._received or 0, device=pl_module.device),
-                                             reduce_op="max")) or signal.SIGTERM
+        signum = (
+            int(trainer.strategy.reduce(torch.tensor(self._received or 0, device=pl_module.device), reduce_op="max"))
+            or signal.SIGTERM
+        )
         path = last_checkpoint_path(trainer)
         # complete on every rank when this returns (a barrier follows the save)
         trainer.save_checkpoint(path, weights_only=False)
@@ -268,8 +279,9 @@ def _earlier_run_of_same_command(runs_root: Path, current_run: Path, overrides: 
 
 def _most_recently_saved(runs) -> Path | None:
     """The run among ``runs`` whose newest checkpoint is the newest; None if none has checkpoints."""
-    saved = [(max(p.stat().st_mtime for p in found), run) for run in runs
-             if (found := checkpoints_in(run / CHECKPOINT_DIR))]
+    saved = [
+        (max(p.stat().st_mtime for p in found), run) for run in runs if (found := checkpoints_in(run / CHECKPOINT_DIR))
+    ]
     return max(saved, key=lambda item: item[0])[1] if saved else None
 
 
@@ -306,7 +318,8 @@ def first_loadable(candidates: list[Path]) -> Path:
         log.warning("checkpoint %s is unusable (%s)", path, problem)
         problems.append(f"{path}: {problem}")
     raise AmirError(
-        "no usable checkpoint to resume from: " + "; ".join(problems)
+        "no usable checkpoint to resume from: "
+        + "; ".join(problems)
         + ". Start afresh without resume= (or with resume=false), or point resume= at another checkpoint"
     )
 
@@ -337,8 +350,10 @@ def find_resume_checkpoint(resume, run_dir: Path, runs_root: Path, overrides: li
         candidates = checkpoints_in(path / CHECKPOINT_DIR) or checkpoints_in(path)
         if candidates:
             return first_loadable(candidates)
-    raise AmirError(f"resume={resume}: no checkpoint there (expected a .ckpt file or a run folder with "
-                    f"{CHECKPOINT_DIR}/{LAST}); use resume=true to find the last run of this command")
+    raise AmirError(
+        f"resume={resume}: no checkpoint there (expected a .ckpt file or a run folder with "
+        f"{CHECKPOINT_DIR}/{LAST}); use resume=true to find the last run of this command"
+    )
 
 
 def run_dir_of(checkpoint: Path) -> Path:

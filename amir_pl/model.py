@@ -18,7 +18,6 @@ from torch import nn
 from amir_pl.cli import AmirError
 
 
-
 class ModelConfigError(AmirError, ValueError):
     """A model option with a value the net cannot be built from."""
 
@@ -89,7 +88,9 @@ class SegalConvNet(nn.Module):
         dropout = dict(dropout or {})
         unknown = sorted(set(dropout) - set(DROPOUT_SITES))
         if unknown:
-            raise ModelConfigError(f"model.dropout has unknown layer(s) {unknown}; the layers are {list(DROPOUT_SITES)}")
+            raise ModelConfigError(
+                f"model.dropout has unknown layer(s) {unknown}; the layers are {list(DROPOUT_SITES)}"
+            )
         for site, p in dropout.items():
             if not 0.0 <= float(p) < 1.0:
                 raise ModelConfigError(f"model.dropout.{site}={p} must be in [0, 1)")

@@ -28,11 +28,11 @@ from torchmetrics.classification import (
 from amir_pl import report
 from amir_pl.cli import AmirError
 
-
 # Epoch values are logged without sync_dist: they come from torchmetrics, whose compute() has
 # already synced them across ranks. Lightning's advice to add it (one more all-reduce) does not apply.
 warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
+    "ignore",
+    message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
     category=PossibleUserWarning,
 )
 
@@ -250,8 +250,10 @@ class AmirModule(L.LightningModule):
 
 def _unreadable(path: Path, error: Exception) -> AmirError:
     if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a Python object
-        return AmirError(f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
-                         "does not unpickle (it runs no code from a checkpoint); use one written by amir-train")
+        return AmirError(
+            f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
+            "does not unpickle (it runs no code from a checkpoint); use one written by amir-train"
+        )
     return AmirError(f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})")
 
 
@@ -272,8 +274,10 @@ def load_checkpoint(path: str | Path) -> AmirModule:
         raise _unreadable(path, error) from None
     if foreign:
         allowed = ", ".join(f"{key}: {module}.*" for key, (module, _) in CHECKPOINT_TARGETS.items())
-        raise AmirError(f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
-                        f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train")
+        raise AmirError(
+            f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
+            f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train"
+        )
     try:
         return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -68,8 +68,13 @@ def find_inputs(inputs) -> tuple[list[Path], list[dict]]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
             if not found:
-                problems.append({"file": str(path), "status": "error",
-                                 "error": f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"})
+                problems.append(
+                    {
+                        "file": str(path),
+                        "status": "error",
+                        "error": f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder",
+                    }
+                )
             files += found
         elif path.is_file():
             files.append(path)
@@ -162,8 +167,10 @@ def predict(cfg: DictConfig) -> list[dict]:
     module = load_checkpoint(cfg.ckpt_path)
     stored = module.hparams.get("features") or {}
     if set(FEATURE_ATTRS) - set(stored):
-        raise AmirError(f"ckpt_path={cfg.ckpt_path}: the checkpoint lacks the front-end parameters "
-                        f"{sorted(set(FEATURE_ATTRS) - set(stored))}; train it with amir-train")
+        raise AmirError(
+            f"ckpt_path={cfg.ckpt_path}: the checkpoint lacks the front-end parameters "
+            f"{sorted(set(FEATURE_ATTRS) - set(stored))}; train it with amir-train"
+        )
     features = FeatureParams.from_mapping(stored)
     class_names = list(module.hparams["class_names"])
     if cfg.aggregation not in AGGREGATIONS:
@@ -171,8 +178,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     hop = round(float(cfg.hop_seconds) * features.sample_rate)
     if hop <= 0:
         raise AmirError(f"hop_seconds={cfg.hop_seconds}: must be positive")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     # channels_last: the convolutions run about twice as fast on a CPU (measured; README, Performance).
     net = module.net.to(device, memory_format=torch.channels_last).eval()
     first_conv = next(layer for layer in net.modules() if isinstance(layer, torch.nn.Conv2d))
@@ -195,7 +205,9 @@ def predict(cfg: DictConfig) -> list[dict]:
                 batch = windows.mels[start : start + batch_size].unsqueeze(1)
                 batch = batch.to(device, memory_format=torch.channels_last)
                 with torch.inference_mode():
-                    probabilities[windows.task.file_index].append(torch.softmax(net(batch), dim=1).float().cpu().numpy())
+                    probabilities[windows.task.file_index].append(
+                        torch.softmax(net(batch), dim=1).float().cpu().numpy()
+                    )
     for index, result in enumerate(results):
         if result.status == "error" and not probabilities[index]:
             continue
@@ -255,9 +267,15 @@ def _run(tasks, num_workers: int, init_args):
 
 
 def _row(result: FileResult, class_names, cfg) -> dict:
-    row = {"file": result.file, "duration_s": result.duration_s, "windows_used": result.windows_used,
-           "silent_windows": result.silent_windows, "padded": result.padded, "status": result.status,
-           "error": result.error}
+    row = {
+        "file": result.file,
+        "duration_s": result.duration_s,
+        "windows_used": result.windows_used,
+        "silent_windows": result.silent_windows,
+        "padded": result.padded,
+        "status": result.status,
+        "error": result.error,
+    }
     if result.scores:
         scores = result.scores[cfg.aggregation]
         order = np.argsort(-scores, kind="stable")[: cfg.top_k]
@@ -265,7 +283,9 @@ def _row(result: FileResult, class_names, cfg) -> dict:
         row["top1_score"] = round(float(scores[order[0]]), 4)
         row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
         row["aggregation"] = cfg.aggregation
-        row["scores"] = {rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()}
+        row["scores"] = {
+            rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
+        }
     if result.window_probabilities:
         row["window_offsets_s"] = [round(o, 3) for o in result.offsets]
         row["window_probabilities"] = result.window_probabilities
@@ -277,13 +297,36 @@ def _write_outputs(run_dir: Path, rows: list[dict]) -> None:
     (run_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
     with (run_dir / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "duration_s", "windows_used", "silent_windows", "padded", "status", "top1",
-                         "top1_score", "top_k", "error"])
+        writer.writerow(
+            [
+                "file",
+                "duration_s",
+                "windows_used",
+                "silent_windows",
+                "padded",
+                "status",
+                "top1",
+                "top1_score",
+                "top_k",
+                "error",
+            ]
+        )
         for row in rows:
             top_k = " ".join(f"{name}:{score:.3f}" for name, score in row.get("top_k", []))
-            writer.writerow([row["file"], row.get("duration_s", ""), row.get("windows_used", 0),
-                             row.get("silent_windows", 0), row.get("padded", False), row["status"],
-                             row.get("top1", ""), row.get("top1_score", ""), top_k, row.get("error", "")])
+            writer.writerow(
+                [
+                    row["file"],
+                    row.get("duration_s", ""),
+                    row.get("windows_used", 0),
+                    row.get("silent_windows", 0),
+                    row.get("padded", False),
+                    row["status"],
+                    row.get("top1", ""),
+                    row.get("top1_score", ""),
+                    top_k,
+                    row.get("error", ""),
+                ]
+            )
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -294,8 +337,11 @@ def _print_table(rows: list[dict]) -> None:
             result = " ".join(f"{n} {s:.2f}" for n, s in row["top_k"]) + ("  (padded)" if row["padded"] else "")
         else:
             result = row["status"] + (f": {row['error']}" if row.get("error") else "")
-        print(f"{name:<40} {row.get('duration_s', 0):>8.1f} {row.get('windows_used', 0):>8} "
-              f"{row.get('silent_windows', 0):>7}  {result}", file=sys.stdout)
+        print(
+            f"{name:<40} {row.get('duration_s', 0):>8.1f} {row.get('windows_used', 0):>8} "
+            f"{row.get('silent_windows', 0):>7}  {result}",
+            file=sys.stdout,
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -64,7 +64,12 @@ def scan_tree(root: Path) -> tuple[list[Recording], list[dict]]:
     if split_folders:
         others = [p.name for p in folders if p.name not in SPLITS]
         if others:
-            notes.append({"file": str(root), "reason": f"folders {others} ignored: the split folders {[p.name for p in split_folders]} are used"})
+            notes.append(
+                {
+                    "file": str(root),
+                    "reason": f"folders {others} ignored: the split folders {[p.name for p in split_folders]} are used",
+                }
+            )
         groups = [(p, p.name) for p in split_folders]
     else:
         groups = [(root, None)]
@@ -84,7 +89,9 @@ def read_manifest(manifest: Path) -> list[Recording]:
         reader = csv.DictReader(f)
         fields = [name.strip() for name in reader.fieldnames or []]
         if "path" not in fields or "label" not in fields:
-            raise AmirError(f"source={manifest}: a manifest needs a header with columns path,label[,split]; found {fields}")
+            raise AmirError(
+                f"source={manifest}: a manifest needs a header with columns path,label[,split]; found {fields}"
+            )
         recordings = []
         for line, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
@@ -177,7 +184,12 @@ def _init_worker(features: FeatureParams, rms_threshold: float, dtype: str, bloc
     global _front_end, _options
     torch.set_num_threads(1)  # one thread per worker; also makes results independent of num_workers
     _front_end = MelFrontEnd(features)
-    _options = {"features": features, "rms_threshold": rms_threshold, "dtype": np.dtype(dtype), "block_clips": block_clips}
+    _options = {
+        "features": features,
+        "rms_threshold": rms_threshold,
+        "dtype": np.dtype(dtype),
+        "block_clips": block_clips,
+    }
 
 
 def process_task(task: Task) -> TaskResult:
@@ -266,11 +278,18 @@ def prepare(cfg: DictConfig) -> dict:
     skipped += notes
     outside = Counter(r.label for r in recordings if r.label not in class_names)
     for label, count in sorted(outside.items()):
-        skipped.append({"file": label, "reason": f"class {label!r} ({count} files) is not in classes; add it to classes to include it"})
+        skipped.append(
+            {
+                "file": label,
+                "reason": f"class {label!r} ({count} files) is not in classes; add it to classes to include it",
+            }
+        )
     recordings = [r for r in recordings if r.label in class_names]
     if not recordings:
-        raise AmirError(f"source={source}: no audio files of the classes {class_names} found "
-                        f"(extensions {', '.join(AUDIO_EXTENSIONS)})")
+        raise AmirError(
+            f"source={source}: no audio files of the classes {class_names} found "
+            f"(extensions {', '.join(AUDIO_EXTENSIONS)})"
+        )
     files_found = len(recordings)
     usable, probed = [], []
     for recording in recordings:  # read headers first, so that splits are made among usable files
@@ -280,13 +299,20 @@ def prepare(cfg: DictConfig) -> dict:
             skipped.append({"file": recording.source, "reason": str(error)})
             continue
         if clip_count(info, features) == 0:
-            skipped.append({"file": recording.source, "reason": f"shorter than one clip ({info.seconds:.2f} s < {cfg.clip_seconds} s)"})
+            skipped.append(
+                {
+                    "file": recording.source,
+                    "reason": f"shorter than one clip ({info.seconds:.2f} s < {cfg.clip_seconds} s)",
+                }
+            )
             continue
         usable.append(recording)
         probed.append(info)
     if not usable:
-        raise AmirError(f"source={source}: none of the {len(recordings)} audio files is readable and at least "
-                        f"{cfg.clip_seconds} s long; see the skipped files: {skipped[:5]}")
+        raise AmirError(
+            f"source={source}: none of the {len(recordings)} audio files is readable and at least "
+            f"{cfg.clip_seconds} s long; see the skipped files: {skipped[:5]}"
+        )
     recordings = assign_splits(usable, dict(cfg.split_fractions), cfg.seed)
     tasks = make_tasks(list(enumerate(probed)), features, cfg.clips_per_task)
 
@@ -298,8 +324,9 @@ def prepare(cfg: DictConfig) -> dict:
     # in a seeded random row order: the trainer reads runs of consecutive rows.
     staging = output.with_name(f".{output.name}.unshuffled")
     total_clips = sum(t.n_clips for t in tasks)
-    with DatasetWriter(staging, class_names, features, dtype=cfg.dtype, chunk_clips=cfg.chunk_clips,
-                       overwrite=True) as writer:
+    with DatasetWriter(
+        staging, class_names, features, dtype=cfg.dtype, chunk_clips=cfg.chunk_clips, overwrite=True
+    ) as writer:
         bar = tqdm(total=total_clips, unit="clip", desc="amir-prepare", disable=not cfg.progress, dynamic_ncols=True)
         files_done = 0
         for result in run_tasks(tasks, cfg.num_workers, init_args):
@@ -312,8 +339,13 @@ def prepare(cfg: DictConfig) -> dict:
             stats["overflow"] += result.overflow
             if result.features is not None:
                 n = len(result.features)
-                writer.append(recording.split, result.features, np.full(n, label_index[recording.label]),
-                              [recording.source] * n, result.offsets)
+                writer.append(
+                    recording.split,
+                    result.features,
+                    np.full(n, label_index[recording.label]),
+                    [recording.source] * n,
+                    result.offsets,
+                )
                 stats["clips"] += n
                 written[(recording.split, recording.label)] += n
             bar.update(result.task.n_clips)
@@ -322,8 +354,9 @@ def prepare(cfg: DictConfig) -> dict:
                 bar.set_postfix(files=f"{files_done}/{len(probed)}")
         bar.close()
         if not written:
-            raise AmirError(f"source={source}: no usable clips (every clip was silent or unreadable); "
-                            "see the skipped files above")
+            raise AmirError(
+                f"source={source}: no usable clips (every clip was silent or unreadable); see the skipped files above"
+            )
 
     for file_index, stats in sorted(per_file.items()):
         name = recordings[file_index].source
@@ -331,14 +364,27 @@ def prepare(cfg: DictConfig) -> dict:
             reason = error if stats["clips"] == 0 else f"{error}; kept the {stats['clips']} clips before it"
             skipped.append({"file": name, "reason": reason})
         if stats["clips"] == 0 and not stats["errors"]:
-            skipped.append({"file": name, "reason": f"silent: all {stats['silent']} clips at or under rms_threshold={cfg.rms_threshold}"})
+            skipped.append(
+                {
+                    "file": name,
+                    "reason": f"silent: all {stats['silent']} clips at or under rms_threshold={cfg.rms_threshold}",
+                }
+            )
         if stats["nonfinite"]:
             skipped.append({"file": name, "reason": f"{stats['nonfinite']} NaN/Inf samples set to 0 (file kept)"})
         if stats["overflow"]:
-            skipped.append({"file": name, "reason": f"{stats['overflow']} values above the float16 range clipped (use dtype=float32)"})
+            skipped.append(
+                {
+                    "file": name,
+                    "reason": f"{stats['overflow']} values above the float16 range clipped (use dtype=float32)",
+                }
+            )
 
-    counts = {split: {label: written[(split, label)] for label in class_names} for split in SPLITS
-              if any(written[(split, label)] for label in class_names)}
+    counts = {
+        split: {label: written[(split, label)] for label in class_names}
+        for split in SPLITS
+        if any(written[(split, label)] for label in class_names)
+    }
     counts = shuffle_into_place(staging, output, counts, class_names, cfg)
     report = {
         "source": str(source),
@@ -368,10 +414,15 @@ def balanced_rows(staging: Path, counts: dict, class_names, seed: int) -> tuple[
         for split, per_class in counts.items():
             cap = min(n for n in per_class.values() if n > 0)
             y = src[split]["y"][()]
-            keep[split] = np.sort(np.concatenate([
-                rng.choice(np.flatnonzero(y == c), size=min(cap, int((y == c).sum())), replace=False)
-                for c in range(len(class_names)) if (y == c).any()
-            ]))
+            keep[split] = np.sort(
+                np.concatenate(
+                    [
+                        rng.choice(np.flatnonzero(y == c), size=min(cap, int((y == c).sum())), replace=False)
+                        for c in range(len(class_names))
+                        if (y == c).any()
+                    ]
+                )
+            )
             balanced[split] = {name: min(cap, per_class[name]) for name in class_names}
     return keep, balanced
 
@@ -383,7 +434,9 @@ def shuffle_into_place(staging: Path, output: Path, counts: dict, class_names, c
             keep, counts = balanced_rows(staging, counts, class_names, cfg.seed)
         else:
             keep = {split: np.arange(sum(per_class.values())) for split, per_class in counts.items()}
-        shuffle_rows(staging, output, keep, cfg.seed, rms_threshold=float(cfg.rms_threshold), chunk_clips=cfg.chunk_clips)
+        shuffle_rows(
+            staging, output, keep, cfg.seed, rms_threshold=float(cfg.rms_threshold), chunk_clips=cfg.chunk_clips
+        )
     finally:
         staging.unlink(missing_ok=True)
     return counts
@@ -401,8 +454,10 @@ def _print_summary(report: dict, class_names) -> None:
     for name in class_names:
         print(f"{name:<18}" + "".join(f"{report['class_counts'][s][name]:>8}" for s in splits))
     print(f"{'total':<18}" + "".join(f"{report['clips'][s]:>8}" for s in splits))
-    print(f"{report['files_used']} of {report['files_found']} files used, "
-          f"{report['silent_clips_dropped']} silent clips dropped, {len(report['skipped'])} notes, {report['seconds']} s")
+    print(
+        f"{report['files_used']} of {report['files_found']} files used, "
+        f"{report['silent_clips_dropped']} silent clips dropped, {len(report['skipped'])} notes, {report['seconds']} s"
+    )
     for item in report["skipped"]:
         print(f"  skipped/noted: {item['file']}: {item['reason']}")
     print(f"dataset: {report['output']}")

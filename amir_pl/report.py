@@ -75,8 +75,13 @@ def _per_class_rows(summary: Mapping) -> list[list]:
         for name, c in summary["per_class"].items()
     ]
     rows.append(
-        ["average (macro)", f"{summary['precision_macro']:.4f}", f"{summary['recall_macro']:.4f}",
-         f"{summary['f1_macro']:.4f}", summary["n"]]
+        [
+            "average (macro)",
+            f"{summary['precision_macro']:.4f}",
+            f"{summary['recall_macro']:.4f}",
+            f"{summary['f1_macro']:.4f}",
+            summary["n"],
+        ]
     )
     return rows
 
@@ -84,7 +89,9 @@ def _per_class_rows(summary: Mapping) -> list[list]:
 PER_CLASS_HEADER = ["class", "precision", "recall", "f1", "support"]
 
 
-def write_reports(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], class_names: Sequence[str]) -> list[Path]:
+def write_reports(
+    run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], class_names: Sequence[str]
+) -> list[Path]:
     """Write the four report files for ``{split: split_summary(...)}`` into ``run_dir``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,9 +116,7 @@ def write_reports(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], 
                     writer.writerow([split, name, *row])
 
     def confusion_png(tmp):
-        figure = plot_confusion_matrices(
-            {split: s["confusion_matrix"] for split, s in summaries.items()}, class_names
-        )
+        figure = plot_confusion_matrices({split: s["confusion_matrix"] for split, s in summaries.items()}, class_names)
         figure.savefig(tmp, format="png", dpi=120)
         plt.close(figure)
 
@@ -140,8 +145,15 @@ def plot_confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], cla
         for i in range(n):
             for j in range(n):
                 value = int(counts[i, j])
-                axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                          color="white" if value > threshold else "black")
+                axis.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > threshold else "black",
+                )
         axis.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
         axis.set_yticks(range(n), class_names, fontsize=8)
         axis.set_xlabel("predicted")
@@ -161,8 +173,10 @@ def per_class_markdown(summary: Mapping) -> str:
 
 def format_summary(split: str, summary: Mapping) -> str:
     """A plain-text table for the console."""
-    lines = [f"{split}: n={summary['n']}  top-1 error {summary['top1_error']:.2%}  "
-             f"macro P {summary['precision_macro']:.3f}  R {summary['recall_macro']:.3f}  F {summary['f1_macro']:.3f}"]
+    lines = [
+        f"{split}: n={summary['n']}  top-1 error {summary['top1_error']:.2%}  "
+        f"macro P {summary['precision_macro']:.3f}  R {summary['recall_macro']:.3f}  F {summary['f1_macro']:.3f}"
+    ]
     lines.append(f"  {'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
     for row in _per_class_rows(summary):
         lines.append(f"  {row[0]:<18}{row[1]:>10}{row[2]:>10}{row[3]:>10}{row[4]:>9}")

@@ -208,8 +208,16 @@ class FluidSynthRenderer:
         self.held: dict[str, int] = {}
         self.synth = None
         self._write = fluidsynth._fl.fluid_synth_write_float
-        self._write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._write.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
 
     def _hold(self, path: str) -> int:
         if path not in self.held:
@@ -308,12 +316,16 @@ def available_renderer(choice: str) -> str:
     has_tiny = importlib.util.find_spec("tinysoundfont") is not None
     if choice == "fluidsynth" or (choice == "auto" and has_fluid):
         if not has_fluid:
-            raise AmirError("renderer=fluidsynth: pyfluidsynth or libfluidsynth3 is missing; "
-                            "apt-get install libfluidsynth3 && pip install pyfluidsynth, or renderer=tinysoundfont")
+            raise AmirError(
+                "renderer=fluidsynth: pyfluidsynth or libfluidsynth3 is missing; "
+                "apt-get install libfluidsynth3 && pip install pyfluidsynth, or renderer=tinysoundfont"
+            )
         return "fluidsynth"
     if choice in ("auto", "tinysoundfont"):
         if not has_tiny:
-            raise AmirError("no renderer: install libfluidsynth3 + pyfluidsynth, or pip install --no-deps tinysoundfont")
+            raise AmirError(
+                "no renderer: install libfluidsynth3 + pyfluidsynth, or pip install --no-deps tinysoundfont"
+            )
         if choice == "auto":
             log.warning("libfluidsynth is missing: rendering with the tinysoundfont fallback (no reverb/chorus)")
         return "tinysoundfont"
@@ -382,9 +394,11 @@ def render_clip(job: ClipJob) -> ClipResult:
     rng = np.random.default_rng(job.seed)
     programs = [p for p in instrument.programs if _renderer.has_preset(job.font_path, instrument.bank, p)]
     if not programs:
-        raise AmirError(f"soundfont {job.font_path} has none of the {job.label} programs "
-                        f"{list(instrument.programs)} (bank {instrument.bank})")
-    for attempt in range(1, 6):  # a phrase that renders (almost) silent is redrawn
+        raise AmirError(
+            f"soundfont {job.font_path} has none of the {job.label} programs "
+            f"{list(instrument.programs)} (bank {instrument.bank})"
+        )
+    for attempt in range(1, 6):  # noqa: B007 (read after the loop) -- a phrase that renders (almost) silent is redrawn
         program = int(rng.choice(programs))
         channel = DRUM_CHANNEL if instrument.bank == 128 else 0
         reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
@@ -410,9 +424,18 @@ def render_clip(job: ClipJob) -> ClipResult:
     path = Path(s["output"]) / job.split / job.label / f"{job.label}-{job.split}-{job.index:05d}.flac"
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), audio.astype(np.float32), s["sample_rate"], subtype="PCM_16")
-    return ClipResult(job, str(path.relative_to(s["output"])), instrument.bank, program, phrase.style,
-                      round(phrase.tempo, 1), round(reverb, 3), round(chorus, 3),
-                      None if snr is None else round(snr, 1), attempt)
+    return ClipResult(
+        job,
+        str(path.relative_to(s["output"])),
+        instrument.bank,
+        program,
+        phrase.style,
+        round(phrase.tempo, 1),
+        round(reverb, 3),
+        round(chorus, 3),
+        None if snr is None else round(snr, 1),
+        attempt,
+    )
 
 
 def frame_rms_np(audio: np.ndarray) -> float:
@@ -455,12 +478,17 @@ def resolve_fonts(cfg: DictConfig, renderer: str) -> dict[str, str]:
     if absent:
         fallback = fallback_font()
         if cfg.allow_fallback_font and fallback:
-            log.warning("soundfonts %s missing: using pretty_midi's TimGM6mb.sf2 for them; train and test "
-                        "then share recordings", absent)
+            log.warning(
+                "soundfonts %s missing: using pretty_midi's TimGM6mb.sf2 for them; train and test "
+                "then share recordings",
+                absent,
+            )
             for name in absent:
                 fonts[name] = fallback
         else:
-            hints = ", ".join(f"{name} ({missing[name].path}: apt-get install {missing[name].package})" for name in absent)
+            hints = ", ".join(
+                f"{name} ({missing[name].path}: apt-get install {missing[name].package})" for name in absent
+            )
             raise AmirError(f"soundfonts not found: {hints}")
     return fonts
 
@@ -478,7 +506,12 @@ def make_jobs(cfg: DictConfig, fonts: dict[str, str]) -> list[ClipJob]:
         for class_index, label in enumerate(classes):
             for index in range(per_class):
                 font = names[index % len(names)]
-                seed = (int(cfg.seed), split_index, CLASS_NAMES.index(label) if label in CLASS_NAMES else class_index, index)
+                seed = (
+                    int(cfg.seed),
+                    split_index,
+                    CLASS_NAMES.index(label) if label in CLASS_NAMES else class_index,
+                    index,
+                )
                 jobs.append(ClipJob(split, label, index, font, fonts[font], seed))
     return jobs
 
@@ -491,9 +524,14 @@ def synth(cfg: DictConfig) -> Path:
     fonts = resolve_fonts(cfg, renderer)
     jobs = make_jobs(cfg, fonts)
     settings = {
-        "output": str(output), "sample_rate": int(cfg.sample_rate), "clip_seconds": float(cfg.clip_seconds),
-        "effects_probability": float(cfg.effects_probability), "noise_probability": float(cfg.noise_probability),
-        "noise_snr_db": tuple(cfg.noise_snr_db), "peak_range": tuple(cfg.peak_range), "min_rms": float(cfg.min_rms),
+        "output": str(output),
+        "sample_rate": int(cfg.sample_rate),
+        "clip_seconds": float(cfg.clip_seconds),
+        "effects_probability": float(cfg.effects_probability),
+        "noise_probability": float(cfg.noise_probability),
+        "noise_snr_db": tuple(cfg.noise_snr_db),
+        "peak_range": tuple(cfg.peak_range),
+        "min_rms": float(cfg.min_rms),
     }
     output.mkdir(parents=True, exist_ok=True)
     results = []
@@ -513,12 +551,41 @@ def synth(cfg: DictConfig) -> Path:
     def write_manifest(tmp):
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label", "split", "font", "font_file", "bank", "program", "style", "tempo",
-                             "reverb", "chorus", "noise_snr_db", "renderer"])
+            writer.writerow(
+                [
+                    "path",
+                    "label",
+                    "split",
+                    "font",
+                    "font_file",
+                    "bank",
+                    "program",
+                    "style",
+                    "tempo",
+                    "reverb",
+                    "chorus",
+                    "noise_snr_db",
+                    "renderer",
+                ]
+            )
             for r in results:
-                writer.writerow([r.path, r.job.label, r.job.split, r.job.font_name, os.path.basename(r.job.font_path),
-                                 r.bank, r.program, r.style, r.tempo, r.reverb, r.chorus,
-                                 "" if r.noise_snr_db is None else r.noise_snr_db, renderer])
+                writer.writerow(
+                    [
+                        r.path,
+                        r.job.label,
+                        r.job.split,
+                        r.job.font_name,
+                        os.path.basename(r.job.font_path),
+                        r.bank,
+                        r.program,
+                        r.style,
+                        r.tempo,
+                        r.reverb,
+                        r.chorus,
+                        "" if r.noise_snr_db is None else r.noise_snr_db,
+                        renderer,
+                    ]
+                )
 
     atomic_write(manifest, write_manifest)
     counts = {split: sum(1 for r in results if r.job.split == split) for split in cfg.splits}

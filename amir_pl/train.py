@@ -1,7 +1,7 @@
 """amir-train: fit the thesis ConvNet on a dataset file, then score the best checkpoint.
 
-    amir-train data.path=data/set.h5 [model=paper_as_run] [trainer=ddp trainer.devices=4] [experiment=paper]
-    amir-train ... resume=true        # continue the last run of this same command from its last checkpoint
+amir-train data.path=data/set.h5 [model=paper_as_run] [trainer=ddp trainer.devices=4] [experiment=paper]
+amir-train ... resume=true        # continue the last run of this same command from its last checkpoint
 """
 
 from __future__ import annotations
@@ -122,8 +122,11 @@ def main(cfg: DictConfig) -> None:
         try:
             train(cfg)
         except Preempted as stop:
-            then = ("the job is requeued and continues in this run folder by itself" if stop.handed_to
-                    else "run the same command with resume=true to continue")
+            then = (
+                "the job is requeued and continues in this run folder by itself"
+                if stop.handed_to
+                else "run the same command with resume=true to continue"
+            )
             print(f"amir-train: {stop}; {then}", file=sys.stderr)
             sys.exit(128 + stop.signum)
 

@@ -63,9 +63,7 @@ def run_console_script(
     script = Path(sys.executable).parent / name
     command = [str(script)] if script.exists() else [sys.executable, "-m", f"amir_pl.{name.split('-', 1)[1]}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,16 @@ import pytest
 from amir_pl.bench import bench
 from amir_pl.cli import AmirError
 
-TINY_OVERHEAD = ["benches=[overhead]", "overhead.steps=4", "overhead.warmup=1", "overhead.batch_size=4",
-                 "overhead.input_shape=[32,33]"]
+TINY_OVERHEAD = [
+    "benches=[overhead]",
+    "overhead.steps=4",
+    "overhead.warmup=1",
+    "overhead.batch_size=4",
+    "overhead.input_shape=[32,33]",
+]
 
 
-def test_overhead_alternates_the_order_and_reports_medians_of_every_round(compose_cfg, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_overhead_alternates_the_order_and_reports_medians_of_every_round(compose_cfg, tmp_path, capsys, monkeypatch):
     import amir_pl.bench
 
     waits = []  # each loop waits for the device at the two ends of its timed window, never per step
@@ -29,14 +33,16 @@ def test_overhead_alternates_the_order_and_reports_medians_of_every_round(compos
     assert all(len(values) == 3 and all(v > 0 for v in values) for values in rounds.values())
     for key in ("bare_steps_per_s", "lightning_steps_per_s", "lightning_over_bare"):
         assert results[key] == sorted(rounds[key])[1], key  # the median of the three rounds
-    for bare, lightning, ratio in zip(*(rounds[k] for k in ("bare_steps_per_s", "lightning_steps_per_s",
-                                                            "lightning_over_bare"))):
+    for bare, lightning, ratio in zip(
+        *(rounds[k] for k in ("bare_steps_per_s", "lightning_steps_per_s", "lightning_over_bare"))
+    ):
         assert ratio == pytest.approx(lightning / bare, rel=0.01, abs=0.002)  # each round's pair, side by side
     assert json.loads((tmp_path / "bench.json").read_text())["overhead"] == results
 
 
-@pytest.mark.parametrize("bad, option", [("overhead.rounds=0", "overhead.rounds"),
-                                         ("overhead.warmup=4", "overhead.steps")])
+@pytest.mark.parametrize(
+    "bad, option", [("overhead.rounds=0", "overhead.rounds"), ("overhead.warmup=4", "overhead.steps")]
+)
 def test_overhead_refuses_settings_with_nothing_to_time(compose_cfg, bad, option):
     with pytest.raises(AmirError, match=rf"^bench {option}="):
         bench(compose_cfg("bench", [*TINY_OVERHEAD, bad]))

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from conftest import FAST, TINY_CLASSES, TINY_SPLITS, run_console_script
+from omegaconf import OmegaConf
 
 N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)  # 35: odd, so two ranks' shards differ and padding would show
 
@@ -87,14 +86,35 @@ def test_slurm_launcher_submits_one_task_per_device_and_the_job_trains_under_sru
         (bin_dir / name).write_text(text.format(python=sys.executable))
         (bin_dir / name).chmod(0o755)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_LOG": str(tmp_path / "sbatch.log")}
-    result = run_console_script("amir-train", "-m", "hydra/launcher=slurm", "trainer=ddp_cpu", "trainer.devices=2",
-                                "hydra.launcher.partition=gpu", "hydra.launcher.account=proj", f"data.path={tiny_h5}",
-                                *FAST, "trainer.max_epochs=1", "logger=csv", f"paths.root_dir={tmp_path}",
-                                cwd=tmp_path, env=env, timeout=400)  # submitit waits for a job that never ends
+    result = run_console_script(
+        "amir-train",
+        "-m",
+        "hydra/launcher=slurm",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=proj",
+        f"data.path={tiny_h5}",
+        *FAST,
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+        env=env,
+        timeout=400,
+    )  # submitit waits for a job that never ends
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     script = (tmp_path / "sbatch.log").read_text()
-    for line in ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=8", "--partition=gpu",
-                 "--account=proj", "--signal=USR2@120", "--time=240"):
+    for line in (
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--gpus-per-node=2",
+        "--cpus-per-task=8",
+        "--partition=gpu",
+        "--account=proj",
+        "--signal=USR2@120",
+        "--time=240",
+    ):
         assert f"#SBATCH {line}\n" in script, line
     (job,) = (tmp_path / "train" / "multirun").glob("*/0")
     test = json.loads((job / "metrics.json").read_text())["test"]
@@ -104,16 +124,17 @@ def test_slurm_launcher_submits_one_task_per_device_and_the_job_trains_under_sru
 
 
 @pytest.mark.parametrize("signame, requeued", [("SIGUSR2", True), ("SIGUSR1", False)])
-def test_under_submitit_the_one_requeue_is_submitits_after_the_save(compose_cfg, tiny_h5, tmp_path, monkeypatch,
-                                                                     signame, requeued):
+def test_under_submitit_the_one_requeue_is_submitits_after_the_save(
+    compose_cfg, tiny_h5, tmp_path, monkeypatch, signame, requeued
+):
     """A job submitit runs on SLURM, with submitit's real signal handlers: SIGUSR2 saves last.ckpt, then
     submitit runs ``scontrol requeue`` once; Lightning's SIGUSR1 requeue is off there, so SIGUSR1 only saves."""
     from submitit.core.utils import DelayedSubmission, JobPaths
     from submitit.slurm.slurm import SlurmJobEnvironment
+    from test_fault_tolerance import SLURM_TASK, fake_scontrol
 
     from amir_pl.fault_tolerance import Preempted
     from amir_pl.train import train
-    from test_fault_tolerance import SLURM_TASK, fake_scontrol
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     for name, value in {**SLURM_TASK, **fake_scontrol(tmp_path / "fake", str(last))}.items():
@@ -126,9 +147,16 @@ def test_under_submitit_the_one_requeue_is_submitits_after_the_save(compose_cfg,
     caught = (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2)
     previous = {sig: signal.getsignal(sig) for sig in caught}
     SlurmJobEnvironment()._handle_signals(JobPaths(tmp_path / "submitit", job_id="4242"), delayed)
-    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv",
-                                "callbacks.last_checkpoint.every_n_train_steps=null",
-                                "+callbacks.crash._target_=crash.SignalAtStep"])
+    cfg = compose_cfg(
+        "train",
+        [
+            f"data.path={tiny_h5}",
+            *FAST,
+            "logger=csv",
+            "callbacks.last_checkpoint.every_n_train_steps=null",
+            "+callbacks.crash._target_=crash.SignalAtStep",
+        ],
+    )
     try:
         with pytest.raises(SystemExit if requeued else Preempted):  # submitit exits after requeueing
             train(cfg)
@@ -143,8 +171,17 @@ def test_under_submitit_the_one_requeue_is_submitits_after_the_save(compose_cfg,
 
 @pytest.mark.slow
 def test_multirun_with_lightning_starting_ddp_processes_fails_clearly(tiny_h5, tmp_path):
-    result = run_console_script("amir-train", "-m", f"data.path={tiny_h5}", "trainer=ddp_cpu", *FAST,
-                                "model.dropout.conv2=0,0.5", f"paths.root_dir={tmp_path}", cwd=tmp_path, timeout=300)
+    result = run_console_script(
+        "amir-train",
+        "-m",
+        f"data.path={tiny_h5}",
+        "trainer=ddp_cpu",
+        *FAST,
+        "model.dropout.conv2=0,0.5",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "a Hydra multirun (-m) cannot start DDP processes itself" in result.stderr
     assert "hydra/launcher=local" in result.stderr
@@ -152,9 +189,19 @@ def test_multirun_with_lightning_starting_ddp_processes_fails_clearly(tiny_h5, t
 
 @pytest.mark.slow
 def test_local_submitit_sweep_runs_each_point_as_a_two_process_ddp_job(tiny_h5, tmp_path):
-    result = run_console_script("amir-train", "-m", "hydra/launcher=local", "trainer=ddp_cpu", f"data.path={tiny_h5}",
-                                *FAST, "trainer.max_epochs=1", "logger=csv", "model.dropout.conv2=0,0.5",
-                                f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-train",
+        "-m",
+        "hydra/launcher=local",
+        "trainer=ddp_cpu",
+        f"data.path={tiny_h5}",
+        *FAST,
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "model.dropout.conv2=0,0.5",
+        f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multirun").iterdir()
     for job, dropout in (("0", 0.0), ("1", 0.5)):
@@ -180,11 +227,30 @@ def test_two_nodes_on_localhost_with_torchrun(tiny_h5, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     nodes = [
         subprocess.Popen(
-            [torchrun, "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}", "--master-addr=127.0.0.1",
-             f"--master-port={port}", "-m", "amir_pl.train", f"data.path={tiny_h5}", "trainer=ddp_cpu",
-             "trainer.devices=1", "trainer.num_nodes=2", *FAST, "trainer.max_epochs=1", "logger=csv",
-             f"hydra.run.dir={run_dir}"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                torchrun,
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "amir_pl.train",
+                f"data.path={tiny_h5}",
+                "trainer=ddp_cpu",
+                "trainer.devices=1",
+                "trainer.num_nodes=2",
+                *FAST,
+                "trainer.max_epochs=1",
+                "logger=csv",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [node.communicate(timeout=400)[0] for node in nodes]

@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from conftest import FAST, TINY_CLASSES, TINY_FEATURES, run_console_script
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -18,7 +19,6 @@ from amir_pl.cli import CONFIG_DIR
 from amir_pl.data import CachedSplit, ContiguousBatchSampler, H5ClipDataset, H5DataModule
 from amir_pl.dataset_file import DatasetWriter, FeatureParams, write_synthetic
 from amir_pl.module import AmirModule
-from conftest import FAST, TINY_CLASSES, TINY_FEATURES, run_console_script
 
 SMALL = FeatureParams(n_mels=4, clip_samples=4 * 512)  # 4 x 5 float32 clips: 80 bytes each
 
@@ -27,8 +27,7 @@ def _open_files(path) -> list:
     """The HDF5 file ids open in this process on ``path``."""
     target = os.path.realpath(path)
     return [
-        fid for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
-        if os.path.realpath(fid.name.decode()) == target
+        fid for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE) if os.path.realpath(fid.name.decode()) == target
     ]
 
 
@@ -37,8 +36,13 @@ def _module(info) -> AmirModule:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", ["data.path=unused"])
     GlobalHydra.instance().clear()
-    return AmirModule(net=cfg.model, optimizer=cfg.optimizer, class_names=info.class_names,
-                      features=info.features.as_dict(), input_shape=info.input_shape)
+    return AmirModule(
+        net=cfg.model,
+        optimizer=cfg.optimizer,
+        class_names=info.class_names,
+        features=info.features.as_dict(),
+        input_shape=info.input_shape,
+    )
 
 
 class _OpenFilesSeen(L.Callback):
@@ -56,14 +60,27 @@ class _OpenFilesSeen(L.Callback):
 
 @pytest.mark.parametrize("cache", ["none", "memory"])
 def test_teardown_closes_the_files_and_drops_the_cache_and_later_stages_reopen(tmp_path, cache):
-    path = write_synthetic(tmp_path / "life.h5", {"train": 4, "val": 2, "test": 2},
-                           class_names=TINY_CLASSES, features=TINY_FEATURES, seed=2)
+    path = write_synthetic(
+        tmp_path / "life.h5",
+        {"train": 4, "val": 2, "test": 2},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES,
+        seed=2,
+    )
     dm = H5DataModule(str(path), batch_size=8, num_workers=0, cache=cache)
     module = _module(dm.info)
     seen = _OpenFilesSeen(path)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        callbacks=[seen])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[seen],
+    )
     trainer.fit(module, datamodule=dm)
     # the trainer (and through it the loaders and datasets) is still alive: only teardown closes
     assert _open_files(path) == [] and dm._cached == {}
@@ -107,11 +124,10 @@ def test_fewer_clips_than_ranks_leaves_the_last_ranks_an_empty_shard(length, wor
 
 @pytest.mark.parametrize("cache", ["none", "memory"])
 def test_an_empty_shard_yields_an_empty_batch_of_the_right_shape(tmp_path, cache):
-    path = write_synthetic(tmp_path / "one.h5", {"train": 1, "test": 1}, class_names=("a", "b", "c"),
-                           features=SMALL)
+    path = write_synthetic(tmp_path / "one.h5", {"train": 1, "test": 1}, class_names=("a", "b", "c"), features=SMALL)
     dm = H5DataModule(str(path), batch_size=4, num_workers=0, cache=cache)
     dm.trainer = _fake_trainer(rank=3, world=4, local=4)  # 3 test clips, 4 ranks: rank 3 has none
-    (x, y), = list(dm.test_dataloader())
+    ((x, y),) = list(dm.test_dataloader())
     assert x.shape == (0, 4, 5) and x.dtype == torch.float16 and y.shape == (0,) and y.dtype == torch.int64
 
 
@@ -130,9 +146,18 @@ def _write_one_clip_splits(path):
 def test_ddp_scores_a_one_clip_split_on_one_of_two_ranks(tmp_path):
     data = _write_one_clip_splits(tmp_path / "one_clip.h5")
     run_dir = tmp_path / "ddp_run"
-    result = run_console_script("amir-train", f"data.path={data}", "trainer=ddp_cpu", "trainer.devices=2", *FAST,
-                                "trainer.max_epochs=1", "logger=csv", "test_splits=[val,test]",
-                                f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-train",
+        f"data.path={data}",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        *FAST,
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "test_splits=[val,test]",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("val", "test"):
@@ -145,8 +170,9 @@ def test_ddp_scores_a_one_clip_split_on_one_of_two_ranks(tmp_path):
 
 def _fake_trainer(rank=0, world=1, local=1, agree=True):
     """What H5DataModule reads of a Trainer: ranks, devices on this node, the strategy."""
-    strategy = SimpleNamespace(root_device=torch.device("cpu"),
-                               reduce_boolean_decision=lambda decision, all=True: decision and agree)
+    strategy = SimpleNamespace(
+        root_device=torch.device("cpu"), reduce_boolean_decision=lambda decision, all=True: decision and agree
+    )
     return SimpleNamespace(global_rank=rank, world_size=world, num_devices=local, strategy=strategy)
 
 
@@ -172,8 +198,9 @@ SPLIT_BYTES = 100 * 4 * 5 * 4
         (1, 2, 3, False, False),  # another rank lacks the room: every rank streams (same training order)
     ],
 )
-def test_memory_cache_checks_room_for_every_local_rank(clips_file, monkeypatch, caplog, local, world,
-                                                        free_copies, agree, cached):
+def test_memory_cache_checks_room_for_every_local_rank(
+    clips_file, monkeypatch, caplog, local, world, free_copies, agree, cached
+):
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free_copies * SPLIT_BYTES))
     dm = H5DataModule(str(clips_file), batch_size=10, num_workers=0, cache="memory", cache_max_fraction=1.0)
     dm.trainer = _fake_trainer(world=world, local=local, agree=agree)

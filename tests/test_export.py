@@ -3,8 +3,8 @@ import torch
 
 from amir_pl.audio import MelFrontEnd
 from amir_pl.dataset_file import FeatureParams
-from amir_pl.module import load_checkpoint
 from amir_pl.export import export, load_exported
+from amir_pl.module import load_checkpoint
 
 
 @pytest.mark.parametrize("fmt", ["torch_export", "torchscript"])
@@ -18,7 +18,9 @@ def test_exported_model_gives_the_checkpoints_probabilities(compose_cfg, checkpo
     assert metadata["features"] == features.as_dict()
     torch.manual_seed(0)
     t = torch.arange(features.clip_samples) / features.sample_rate
-    waveforms = torch.stack([0.3 * torch.sin(2 * torch.pi * f * t) + 0.02 * torch.randn_like(t) for f in (110, 440, 1760)])
+    waveforms = torch.stack(
+        [0.3 * torch.sin(2 * torch.pi * f * t) + 0.02 * torch.randn_like(t) for f in (110, 440, 1760)]
+    )
     with torch.no_grad():
         expected = torch.softmax(module.net(MelFrontEnd(features)(waveforms)), dim=1)
         got = model(waveforms)

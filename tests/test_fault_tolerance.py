@@ -8,22 +8,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST, run_console_script
 
 from amir_pl.cli import AmirError
 from amir_pl.fault_tolerance import find_resume_checkpoint
 from amir_pl.train import train
-from conftest import FAST, run_console_script
 
 TESTS = Path(__file__).parent
 # 80 training clips / 16 = 5 steps an epoch, 4 epochs = 20 steps; last.ckpt every 3 steps and each epoch end.
-RUN = [*FAST, "trainer.max_epochs=4", "callbacks.last_checkpoint.every_n_train_steps=3",
-       "+callbacks.crash._target_=crash.SignalAtStep"]
+RUN = [
+    *FAST,
+    "trainer.max_epochs=4",
+    "callbacks.last_checkpoint.every_n_train_steps=3",
+    "+callbacks.crash._target_=crash.SignalAtStep",
+]
 
 
 # What srun sets for the one task of a hand-written sbatch job (Lightning's SLURMEnvironment reads these).
-SLURM_TASK = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "amir", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-              "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-              "SLURM_NODEID": "0"}
+SLURM_TASK = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "amir",
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_NODELIST": "localhost",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+}
 
 
 def fake_scontrol(folder: Path, checkpoints: str) -> dict:
@@ -33,17 +45,27 @@ def fake_scontrol(folder: Path, checkpoints: str) -> dict:
     script = folder / "bin" / "scontrol"
     script.write_text('#!/bin/sh\necho "$*" >> "$SCONTROL_LOG"\nls $SCONTROL_CHECKPOINTS >> "$SCONTROL_LOG" 2>&1\n')
     script.chmod(0o755)
-    return {"PATH": f"{script.parent}{os.pathsep}{os.environ['PATH']}", "SCONTROL_LOG": str(folder / "scontrol.log"),
-            "SCONTROL_CHECKPOINTS": checkpoints}
+    return {
+        "PATH": f"{script.parent}{os.pathsep}{os.environ['PATH']}",
+        "SCONTROL_LOG": str(folder / "scontrol.log"),
+        "SCONTROL_CHECKPOINTS": checkpoints,
+    }
 
 
-def _train(tiny_h5, root: Path, *extra: str, crash_at: int | None = None, crash_signal: str = "SIGKILL",
-           env: dict | None = None):
+def _train(
+    tiny_h5,
+    root: Path,
+    *extra: str,
+    crash_at: int | None = None,
+    crash_signal: str = "SIGKILL",
+    env: dict | None = None,
+):
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     if crash_at is not None:
         env.update(CRASH_AT_STEP=str(crash_at), CRASH_SIGNAL=crash_signal)
-    return run_console_script("amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra,
-                              cwd=root.parent, env=env)
+    return run_console_script(
+        "amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra, cwd=root.parent, env=env
+    )
 
 
 def _last(root: Path) -> dict:
@@ -73,7 +95,9 @@ def uninterrupted(tiny_h5, tmp_path_factory):
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(tiny_h5, tmp_path, uninterrupted):
     root = tmp_path / "outputs"
     # Workers read ahead of training: the resumed epoch must still start at the right batch.
-    killed = _train(tiny_h5, root, "data.num_workers=2", "logger=tensorboard", crash_at=13)  # epoch 2, batch 3; last.ckpt is step 12
+    killed = _train(
+        tiny_h5, root, "data.num_workers=2", "logger=tensorboard", crash_at=13
+    )  # epoch 2, batch 3; last.ckpt is step 12
     assert killed.returncode == -signal.SIGKILL
     (run_dir,) = root.glob("train/*")
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 12
@@ -189,8 +213,9 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(compose_cfg, tin
 
 def test_resume_from_a_run_folder_continues_there(compose_cfg, tiny_h5, tmp_path):
     first = train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"]))
-    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2", "logger=csv",
-                                f"resume={tmp_path}"])
+    cfg = compose_cfg(
+        "train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2", "logger=csv", f"resume={tmp_path}"]
+    )
     cfg.paths.output_dir = str(tmp_path / "elsewhere")
     second = train(cfg)
     assert cfg.paths.output_dir == str(tmp_path)

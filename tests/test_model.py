@@ -37,8 +37,17 @@ def _dropout_sites(net: nn.Module) -> dict[str, float]:
         ("paper", [], {"conv2": 0.5, "conv3": 0.5, "conv4": 0.5, "fc": 0.5}),
         ("paper_as_run", [], {"conv3": 0.5, "conv4": 0.5, "fc": 0.5}),
         ("paper", ["model.dropout.conv2=0", "model.dropout.fc=0.3"], {"conv3": 0.5, "conv4": 0.5, "fc": 0.3}),
-        ("paper", ["model.dropout.conv1=0.2", "model.dropout.conv2=0", "model.dropout.conv3=0",
-                   "model.dropout.conv4=0", "model.dropout.fc=0"], {"conv1": 0.2}),
+        (
+            "paper",
+            [
+                "model.dropout.conv1=0.2",
+                "model.dropout.conv2=0",
+                "model.dropout.conv3=0",
+                "model.dropout.conv4=0",
+                "model.dropout.fc=0",
+            ],
+            {"conv1": 0.2},
+        ),
     ],
 )
 def test_dropout_exactly_where_configured(compose_cfg, model, overrides, expected):

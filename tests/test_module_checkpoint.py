@@ -5,15 +5,15 @@ import re
 
 import pytest
 import torch
+from conftest import FAST, TINY_CLASSES, TINY_SPLITS
 from torch import nn
 
 import amir_pl.evaluate
 from amir_pl.cli import AmirError
 from amir_pl.evaluate import evaluate
-from amir_pl.module import load_checkpoint
 from amir_pl.fault_tolerance import _loadable
+from amir_pl.module import load_checkpoint
 from amir_pl.train import train
-from conftest import FAST, TINY_CLASSES, TINY_SPLITS
 
 N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)
 
@@ -85,8 +85,19 @@ def test_checkpoint_holding_python_objects_is_not_unpickled(checkpoint, tmp_path
 def test_evaluate_uses_the_precision_the_checkpoint_was_trained_with(compose_cfg, tiny_h5, tmp_path, monkeypatch):
     # A bf16-mixed run (Lightning runs it on a CPU too) is evaluated in bf16-mixed unless told otherwise,
     # so amir-evaluate reproduces its test figures.
-    trained = train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv",
-                                          "trainer.accelerator=cpu", "trainer.precision=bf16-mixed"]))
+    trained = train(
+        compose_cfg(
+            "train",
+            [
+                f"data.path={tiny_h5}",
+                *FAST,
+                "trainer.max_epochs=1",
+                "logger=csv",
+                "trainer.accelerator=cpu",
+                "trainer.precision=bf16-mixed",
+            ],
+        )
+    )
     ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["amir_precision"] == "bf16-mixed"
     precisions = []
@@ -97,8 +108,15 @@ def test_evaluate_uses_the_precision_the_checkpoint_was_trained_with(compose_cfg
         return original(trainer, *args, **kwargs)
 
     monkeypatch.setattr(amir_pl.evaluate, "score_splits", spy)
-    common = [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "data.num_workers=0", "data.batch_size=16",
-              "splits=[test]", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+    common = [
+        f"ckpt_path={ckpt}",
+        f"data.path={tiny_h5}",
+        "data.num_workers=0",
+        "data.batch_size=16",
+        "splits=[test]",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+    ]
     evaluated = evaluate(compose_cfg("evaluate", common))
     assert precisions == ["bf16-mixed"]
     assert evaluated["test"] == trained["test"]
@@ -108,9 +126,19 @@ def test_evaluate_uses_the_precision_the_checkpoint_was_trained_with(compose_cfg
 
 def _scores_by_eval_batch_size(compose_cfg, ckpt, tiny_h5, sizes=(1, 7, 64)):
     return {
-        size: evaluate(compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "data.num_workers=0",
-                                                f"data.eval_batch_size={size}", "splits=[test]",
-                                                "trainer.enable_progress_bar=false"]))["test"]
+        size: evaluate(
+            compose_cfg(
+                "evaluate",
+                [
+                    f"ckpt_path={ckpt}",
+                    f"data.path={tiny_h5}",
+                    "data.num_workers=0",
+                    f"data.eval_batch_size={size}",
+                    "splits=[test]",
+                    "trainer.enable_progress_bar=false",
+                ],
+            )
+        )["test"]
         for size in sizes
     }
 
@@ -129,8 +157,11 @@ def test_batch_norm_scores_depend_on_the_eval_batch(compose_cfg, tiny_h5, tmp_pa
     # with its own statistics, so a clip's logits depend on the other clips of its batch: the figures
     # may change with data.eval_batch_size, the file's row order and the number of GPUs. Documented,
     # not asserted on the figures (on a given file they may or may not move); the logits are.
-    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv",
-                                "model.input_norm=batch"]))
+    train(
+        compose_cfg(
+            "train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv", "model.input_norm=batch"]
+        )
+    )
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     scores = _scores_by_eval_batch_size(compose_cfg, ckpt, tiny_h5)
     assert all(score["n"] == N_TEST for score in scores.values())

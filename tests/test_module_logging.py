@@ -30,8 +30,9 @@ def _module(monkeypatch):
     )
     module._trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[], global_step=0)
     calls = []
-    monkeypatch.setattr(module, "log", lambda name, value, *args, sync_dist=False, **kwargs:
-                        calls.append((name, value, sync_dist)))
+    monkeypatch.setattr(
+        module, "log", lambda name, value, *args, sync_dist=False, **kwargs: calls.append((name, value, sync_dist))
+    )
     original_cpu = torch.Tensor.cpu
     monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: original_cpu(self, *a, **k).as_subclass(HostCopy))
     return module, calls
@@ -57,7 +58,8 @@ def test_epoch_values_are_logged_on_the_module_device(monkeypatch):
     for name, value, sync_dist in calls:
         if sync_dist:
             assert value.device == module.device and not isinstance(value, HostCopy), (
-                f"{name}: handed to log with sync_dist=True as a host copy (module on {module.device})")
+                f"{name}: handed to log with sync_dist=True as a host copy (module on {module.device})"
+            )
     host_copies = [name for name, value, _ in calls if isinstance(value, HostCopy)]
     assert not host_copies, f"logged as host copies: {host_copies}"
     # what goes into the reports is on the CPU

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_prepare import write_tone
 
 from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams
 from amir_pl.module import load_checkpoint
 from amir_pl.predict import _batch_size, aggregate, last_level_cache_bytes, predict
-from test_prepare import write_tone
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,16 @@ def test_any_length_rate_and_channels_and_outputs(compose_cfg, checkpoint, audio
 @pytest.mark.parametrize("batch_size", ["auto", "3"])
 def test_long_file_equals_the_mean_of_its_windows_computed_directly(compose_cfg, checkpoint, audio_files, batch_size):
     path = audio_files["ten_seconds_16k"]
-    rows = run_predict(compose_cfg, checkpoint, str(path), "timeline=true", "hop_seconds=0.5", "num_workers=2",
-                       "windows_per_task=5", f"batch_size={batch_size}")
+    rows = run_predict(
+        compose_cfg,
+        checkpoint,
+        str(path),
+        "timeline=true",
+        "hop_seconds=0.5",
+        "num_workers=2",
+        "windows_per_task=5",
+        f"batch_size={batch_size}",
+    )
     row = rows[0]
     module = load_checkpoint(checkpoint).eval()
     features = FeatureParams.from_mapping(module.hparams["features"])
@@ -101,12 +109,22 @@ def test_aggregation_rules():
 def test_console_script(checkpoint, audio_files, tmp_path):
     from conftest import run_console_script
 
-    result = run_console_script("amir-predict", f"ckpt_path={checkpoint}", f"inputs={audio_files['three_seconds']}",
-                                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-predict",
+        f"ckpt_path={checkpoint}",
+        f"inputs={audio_files['three_seconds']}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "three.flac" in result.stdout and (tmp_path / "run" / "predictions.csv").is_file()
-    result = run_console_script("amir-predict", f"ckpt_path={checkpoint}", f"inputs={tmp_path / 'nothing'}",
-                                f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-predict",
+        f"ckpt_path={checkpoint}",
+        f"inputs={tmp_path / 'nothing'}",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "amir-predict: error: nothing could be processed" in result.stderr
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import FAST
 
 from amir_pl.audio import RESAMPLING, MelFrontEnd, frame_rms, probe, read_clips, resample
 from amir_pl.cli import AmirError
 from amir_pl.dataset_file import FeatureParams, read_info
 from amir_pl.prepare import prepare
-from conftest import FAST
 
 CLASSES = ["cello", "flute", "piano"]
 FOLDERS = {"cel": 110.0, "flu": 880.0, "piano": 261.6}  # IRMAS codes and a plain name
@@ -36,12 +36,20 @@ def write_tone(path, seconds, sample_rate=44100, freq=440.0, channels=1, subtype
 def audio_tree(tmp_path_factory):
     """Three classes x 6 recordings (7-9 s; mono and stereo, 44.1/48/22.05 kHz), plus bad files."""
     root = tmp_path_factory.mktemp("audio") / "recordings"
-    formats = [(44100, 1, "PCM_16", ".wav"), (44100, 2, "PCM_16", ".wav"), (48000, 1, "PCM_24", ".flac"),
-               (22050, 1, "FLOAT", ".wav"), (44100, 2, "PCM_24", ".wav"), (48000, 2, "PCM_16", ".ogg")]
+    formats = [
+        (44100, 1, "PCM_16", ".wav"),
+        (44100, 2, "PCM_16", ".wav"),
+        (48000, 1, "PCM_24", ".flac"),
+        (22050, 1, "FLOAT", ".wav"),
+        (44100, 2, "PCM_24", ".wav"),
+        (48000, 2, "PCM_16", ".ogg"),
+    ]
     for folder, freq in FOLDERS.items():
         for i, (rate, channels, subtype, ext) in enumerate(formats):
             subtype = "VORBIS" if ext == ".ogg" else subtype
-            write_tone(root / folder / f"take{i}{ext}", 7 + i % 3, rate, freq * (1 + 0.05 * i), channels, subtype, seed=i)
+            write_tone(
+                root / folder / f"take{i}{ext}", 7 + i % 3, rate, freq * (1 + 0.05 * i), channels, subtype, seed=i
+            )
     bad = root / "piano" / "bad"
     bad.mkdir(parents=True)
     sf.write(str(bad / "silence.wav"), np.zeros(44100 * 4, np.float32), 44100)
@@ -62,8 +70,17 @@ def audio_tree(tmp_path_factory):
 
 
 def run_prepare(compose_cfg, source, output, *overrides):
-    cfg = compose_cfg("prepare", [f"source={source}", f"output={output}", f"classes=[{','.join(CLASSES)}]",
-                                  "progress=false", "num_workers=1", *overrides])
+    cfg = compose_cfg(
+        "prepare",
+        [
+            f"source={source}",
+            f"output={output}",
+            f"classes=[{','.join(CLASSES)}]",
+            "progress=false",
+            "num_workers=1",
+            *overrides,
+        ],
+    )
     return prepare(cfg)
 
 
@@ -96,7 +113,9 @@ def test_tree_to_dataset_labels_splits_and_report(compose_cfg, audio_tree, tmp_p
     # each bad file has one line with its reason
     reasons = {item["file"]: item["reason"] for item in report["skipped"]}
     assert "not readable audio" in reasons["piano/bad/notes.wav"]
-    assert "not readable audio" in reasons["piano/bad/truncated.wav"] or "no samples" in reasons["piano/bad/truncated.wav"]
+    assert (
+        "not readable audio" in reasons["piano/bad/truncated.wav"] or "no samples" in reasons["piano/bad/truncated.wav"]
+    )
     assert "shorter than one clip" in reasons["piano/bad/short.wav"]
     assert "piano/bad/empty.wav" in reasons
     assert reasons["piano/bad/silence.wav"].startswith("silent")
@@ -183,9 +202,13 @@ def test_blockwise_resampling_equals_whole_file(tmp_path):
 
 def test_manifest_with_splits_and_db_float32(compose_cfg, audio_tree, tmp_path):
     manifest = tmp_path / "list.csv"
-    rows = [("cel/take0.wav", "cello", "train"), ("cel/take1.wav", "cel", "test"),
-            ("flu/take0.wav", "Flute", "train"), ("piano/take2.flac", "piano", "val"),
-            ("piano/take3.wav", "piano", "train")]
+    rows = [
+        ("cel/take0.wav", "cello", "train"),
+        ("cel/take1.wav", "cel", "test"),
+        ("flu/take0.wav", "Flute", "train"),
+        ("piano/take2.flac", "piano", "val"),
+        ("piano/take3.wav", "piano", "train"),
+    ]
     with manifest.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
@@ -240,9 +263,18 @@ def test_killed_run_leaves_no_output_then_console_script_and_training_work(audio
         write_tone(long_root / folder / "a.wav", 240, sample_rate=48000, freq=freq)
     output = tmp_path / "killed.h5"
     script = os.path.join(os.path.dirname(sys.executable), "amir-prepare")
-    process = subprocess.Popen([script, f"source={long_root}", f"output={output}", "num_workers=1",
-                                f"classes=[{','.join(CLASSES)}]", f"hydra.run.dir={tmp_path / 'run_killed'}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            script,
+            f"source={long_root}",
+            f"output={output}",
+            "num_workers=1",
+            f"classes=[{','.join(CLASSES)}]",
+            f"hydra.run.dir={tmp_path / 'run_killed'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     # kill as soon as a temporary file exists: the whole job takes about a second on an idle machine
     while not list(tmp_path.glob(".*killed.h5.*")) and time.time() < deadline:
@@ -252,12 +284,24 @@ def test_killed_run_leaves_no_output_then_console_script_and_training_work(audio
     assert not output.exists()
 
     dataset = tmp_path / "ok.h5"
-    result = run_console_script("amir-prepare", f"source={audio_tree}", f"output={dataset}",
-                                f"classes=[{','.join(CLASSES)}]", "progress=false",
-                                f"hydra.run.dir={tmp_path / 'run_ok'}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-prepare",
+        f"source={audio_tree}",
+        f"output={dataset}",
+        f"classes=[{','.join(CLASSES)}]",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'run_ok'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "prepare_report.json" in result.stdout and (tmp_path / "run_ok" / "prepare_report.json").is_file()
-    result = run_console_script("amir-train", f"data.path={dataset}", *FAST, "trainer.max_epochs=1",
-                                f"hydra.run.dir={tmp_path / 'train'}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-train",
+        f"data.path={dataset}",
+        *FAST,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'train'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["test"]["n"] > 0

@@ -9,18 +9,18 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import FAST, TINY_CLASSES, TINY_FEATURES
 from lightning.fabric.utilities.data import _set_sampler_epoch
+from test_prepare import write_tone
 
 from amir_pl.audio import silence_gate
 from amir_pl.data import H5DataModule, rows_grouped_by_class
 from amir_pl.dataset_file import DatasetWriter, FeatureParams, read_info, write_synthetic
-from amir_pl.module import load_checkpoint
 from amir_pl.export import build
+from amir_pl.module import load_checkpoint
 from amir_pl.predict import predict
 from amir_pl.prepare import prepare
 from amir_pl.train import train
-from conftest import FAST, TINY_CLASSES, TINY_FEATURES
-from test_prepare import write_tone
 
 CLASSES = ["electric_bass", "cello", "drums", "flute", "acoustic_guitar", "organ", "piano", "violin"]
 CLIP = ["clip_seconds=0.75", "n_mels=32"]  # 32 x 33 clips: the order, not the features, is tested
@@ -37,9 +37,19 @@ def class_ordered_source(tmp_path_factory):
 
 
 def _prepare(compose_cfg, source, output, *overrides):
-    cfg = compose_cfg("prepare", [f"source={source}", f"output={output}", f"classes=[{','.join(CLASSES)}]",
-                                  "progress=false", "num_workers=1", "split_fractions={train: 1, val: 0, test: 0}",
-                                  *CLIP, *overrides])
+    cfg = compose_cfg(
+        "prepare",
+        [
+            f"source={source}",
+            f"output={output}",
+            f"classes=[{','.join(CLASSES)}]",
+            "progress=false",
+            "num_workers=1",
+            "split_fractions={train: 1, val: 0, test: 0}",
+            *CLIP,
+            *overrides,
+        ],
+    )
     return prepare(cfg)
 
 
@@ -47,8 +57,9 @@ def _distinct(labels: np.ndarray) -> float:
     return float(np.mean([len(set(batch)) for batch in labels]))
 
 
-def test_prepared_class_ordered_source_gives_batches_mixed_like_a_random_draw(compose_cfg, class_ordered_source,
-                                                                               tmp_path):
+def test_prepared_class_ordered_source_gives_batches_mixed_like_a_random_draw(
+    compose_cfg, class_ordered_source, tmp_path
+):
     path = tmp_path / "shuffled.h5"
     _prepare(compose_cfg, class_ordered_source, path, "rms_threshold=0.02")
     assert not list(tmp_path.glob(".shuffled.h5*"))  # the staging file is gone
@@ -105,7 +116,9 @@ def test_file_grouped_by_class_is_read_one_clip_at_a_time(tmp_path, caplog):
     path = tmp_path / "old.h5"
     y = np.repeat(np.arange(6), 40)
     with DatasetWriter(path, [f"c{k}" for k in range(6)], features, dtype="float32", chunk_clips=8) as writer:
-        writer.append("train", np.zeros((len(y), 4, 5), np.float32), y, [f"f{i}" for i in range(len(y))], np.zeros(len(y)))
+        writer.append(
+            "train", np.zeros((len(y), 4, 5), np.float32), y, [f"f{i}" for i in range(len(y))], np.zeros(len(y))
+        )
     assert rows_grouped_by_class(path, "train", 8)
     with caplog.at_level(logging.WARNING):
         loader = H5DataModule(str(path), batch_size=16, num_workers=0, read_run=None).train_dataloader()
@@ -113,9 +126,15 @@ def test_file_grouped_by_class_is_read_one_clip_at_a_time(tmp_path, caplog):
     assert "grouped by class" in caplog.text and "amir-prepare" in caplog.text
     assert _distinct([batch[1].numpy() for batch in loader]) > 4  # 6 classes, batches of 16: ~5.9 at random
     # an explicit read_run on a shuffled file is taken as given
-    shuffled = write_synthetic(tmp_path / "new.h5", {"train": 40}, class_names=[f"c{k}" for k in range(6)],
-                               features=features)
-    assert H5DataModule(str(shuffled), batch_size=16, num_workers=0, read_run=4).train_dataloader().batch_sampler.run_length == 4
+    shuffled = write_synthetic(
+        tmp_path / "new.h5", {"train": 40}, class_names=[f"c{k}" for k in range(6)], features=features
+    )
+    assert (
+        H5DataModule(str(shuffled), batch_size=16, num_workers=0, read_run=4)
+        .train_dataloader()
+        .batch_sampler.run_length
+        == 4
+    )
 
 
 def _co_batched_pairs(batches) -> set:
@@ -125,8 +144,12 @@ def _co_batched_pairs(batches) -> set:
 def test_per_clip_batches_pair_clips_anew_every_epoch(tmp_path):
     """``read_run=1`` (the default): two epochs share no more co-batched pairs than chance allows,
     where runs of 8 share every pair inside a run."""
-    path = write_synthetic(tmp_path / "f.h5", {"train": 100}, class_names=[f"c{k}" for k in range(6)],
-                           features=FeatureParams(n_mels=4, clip_samples=4 * 512))
+    path = write_synthetic(
+        tmp_path / "f.h5",
+        {"train": 100},
+        class_names=[f"c{k}" for k in range(6)],
+        features=FeatureParams(n_mels=4, clip_samples=4 * 512),
+    )
     n, batch_size = 600, 32
 
     def pairs_shared(**options):
@@ -149,8 +172,13 @@ def test_default_thesis_and_quickstart_recipes_shuffle_single_clips(compose_cfg,
 
 
 def test_silence_gate_travels_from_the_dataset_file_to_predict_and_export(compose_cfg, tmp_path):
-    data = write_synthetic(tmp_path / "gated.h5", {"train": 4, "val": 2}, class_names=TINY_CLASSES,
-                           features=TINY_FEATURES, rms_threshold=0.05)
+    data = write_synthetic(
+        tmp_path / "gated.h5",
+        {"train": 4, "val": 2},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES,
+        rms_threshold=0.05,
+    )
     cfg = compose_cfg("train", [f"data.path={data}", *FAST, "trainer.max_epochs=1", "logger=csv", "test_splits=[]"])
     train(cfg)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 
 from amir_pl import synth as synth_module
 from amir_pl.dataset_file import read_info
@@ -10,19 +11,30 @@ from amir_pl.labels import CLASS_NAMES
 from amir_pl.prepare import prepare
 from amir_pl.synth import INSTRUMENTS, available_renderer, fallback_font, synth
 from amir_pl.train import train
-from conftest import FAST
 
 TIMGM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
-needs_font = pytest.mark.skipif(not Path(TIMGM).is_file() and fallback_font() is None,
-                                reason="no TimGM6mb.sf2 (apt-get install timgm6mb-soundfont)")
+needs_font = pytest.mark.skipif(
+    not Path(TIMGM).is_file() and fallback_font() is None, reason="no TimGM6mb.sf2 (apt-get install timgm6mb-soundfont)"
+)
 
 
 def _render(compose_cfg, output, *overrides):
     # TimGM6mb for every split keeps the test fast (the big fonts take seconds to load).
-    cfg = compose_cfg("synth", [f"output={output}", "clips_per_class=4", "progress=false",
-                                "splits.train.fonts=[TimGM6mb]", "splits.val.fonts=[TimGM6mb]",
-                                "splits.test.fonts=[TimGM6mb]", "splits.train.fraction=0.5",
-                                "splits.val.fraction=0.25", "splits.test.fraction=0.25", *overrides])
+    cfg = compose_cfg(
+        "synth",
+        [
+            f"output={output}",
+            "clips_per_class=4",
+            "progress=false",
+            "splits.train.fonts=[TimGM6mb]",
+            "splits.val.fonts=[TimGM6mb]",
+            "splits.test.fonts=[TimGM6mb]",
+            "splits.train.fraction=0.5",
+            "splits.val.fraction=0.25",
+            "splits.test.fraction=0.25",
+            *overrides,
+        ],
+    )
     return synth(cfg)
 
 
@@ -45,8 +57,9 @@ def test_render_prepare_train_end_to_end(compose_cfg, tmp_path):
     assert all(r["bank"] == "128" for r in rows if r["label"] == "drums")
 
     dataset = tmp_path / "synth.h5"
-    report = prepare(compose_cfg("prepare", [f"source={output}", f"output={dataset}", "progress=false",
-                                             "num_workers=1"]))
+    report = prepare(
+        compose_cfg("prepare", [f"source={output}", f"output={dataset}", "progress=false", "num_workers=1"])
+    )
     assert report["files_used"] == len(rows)  # none silent, none unreadable
     assert read_info(dataset).splits == {"train": 24, "val": 12, "test": 12}
     summaries = train(compose_cfg("train", [f"data.path={dataset}", *FAST, "trainer.max_epochs=1"]))
@@ -74,16 +87,27 @@ def test_fallback_renderer_when_fluidsynth_is_missing(compose_cfg, tmp_path, mon
     output = _render(compose_cfg, tmp_path / "tiny", "num_workers=1", "classes=[drums,violin]")
     rows = _manifest(output)
     assert {r["renderer"] for r in rows} == {"tinysoundfont"} and len(rows) == 8
-    report = prepare(compose_cfg("prepare", [f"source={output}", f"output={tmp_path / 't.h5'}", "progress=false",
-                                             "num_workers=1", "classes=[drums,violin]"]))
+    report = prepare(
+        compose_cfg(
+            "prepare",
+            [
+                f"source={output}",
+                f"output={tmp_path / 't.h5'}",
+                "progress=false",
+                "num_workers=1",
+                "classes=[drums,violin]",
+            ],
+        )
+    )
     assert report["files_used"] == 8
 
 
 def test_missing_font_names_the_debian_package(compose_cfg, tmp_path):
     from amir_pl.cli import AmirError
 
-    cfg = compose_cfg("synth", [f"output={tmp_path / 'x'}", "fonts.TimGM6mb.path=/nonexistent.sf2",
-                                "allow_fallback_font=false"])
+    cfg = compose_cfg(
+        "synth", [f"output={tmp_path / 'x'}", "fonts.TimGM6mb.path=/nonexistent.sf2", "allow_fallback_font=false"]
+    )
     with pytest.raises(AmirError, match="apt-get install timgm6mb-soundfont"):
         synth(cfg)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import FAST, TINY_CLASSES, TINY_SPLITS, run_console_script
 from omegaconf import OmegaConf
 
 from amir_pl.evaluate import evaluate
 from amir_pl.report import REPORT_FILES
 from amir_pl.train import train
-from conftest import FAST, TINY_CLASSES, TINY_SPLITS, run_console_script
 
 N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)
 
@@ -41,8 +41,16 @@ def test_tensorboard_has_curves_images_tables_and_hparams(compose_cfg, tiny_h5, 
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/top1_error", "val/loss", "val/top1_error", "val/f1_macro",
-                "test/loss", "test/top1_error", "test/f1_macro"):
+    for tag in (
+        "train/loss",
+        "train/top1_error",
+        "val/loss",
+        "val/top1_error",
+        "val/f1_macro",
+        "test/loss",
+        "test/top1_error",
+        "test/f1_macro",
+    ):
         assert tag in tags["scalars"], tag
     assert len(events.Scalars("val/top1_error")) == 2  # one per epoch
     assert "val/confusion_matrix" in tags["images"] and len(events.Images("val/confusion_matrix")) == 2
@@ -52,11 +60,13 @@ def test_tensorboard_has_curves_images_tables_and_hparams(compose_cfg, tiny_h5, 
 
 
 def test_no_val_split_keeps_last_checkpoint(compose_cfg, tmp_path):
-    from amir_pl.dataset_file import write_synthetic
     from conftest import TINY_FEATURES
 
-    path = write_synthetic(tmp_path / "noval.h5", {"train": 4, "test": 2}, class_names=TINY_CLASSES[:3],
-                           features=TINY_FEATURES)
+    from amir_pl.dataset_file import write_synthetic
+
+    path = write_synthetic(
+        tmp_path / "noval.h5", {"train": 4, "test": 2}, class_names=TINY_CLASSES[:3], features=TINY_FEATURES
+    )
     summaries = train(compose_cfg("train", [f"data.path={path}", *FAST, "trainer.max_epochs=1"]))
     assert summaries["test"]["n"] == 6
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -65,8 +75,7 @@ def test_no_val_split_keeps_last_checkpoint(compose_cfg, tmp_path):
 @pytest.mark.slow
 def test_console_scripts_train_then_evaluate_reproduces_test_figures(tiny_h5, tmp_path):
     train_dir, eval_dir = tmp_path / "train_run", tmp_path / "eval_run"
-    result = run_console_script("amir-train", f"data.path={tiny_h5}", *FAST, f"hydra.run.dir={train_dir}",
-                                cwd=tmp_path)
+    result = run_console_script("amir-train", f"data.path={tiny_h5}", *FAST, f"hydra.run.dir={train_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in REPORT_FILES:
         assert (train_dir / name).is_file()
@@ -77,8 +86,14 @@ def test_console_scripts_train_then_evaluate_reproduces_test_figures(tiny_h5, tm
     assert set(trained) == {"test"} and trained["test"]["n"] == N_TEST
 
     best = next((train_dir / "checkpoints").glob("epoch*.ckpt"))
-    result = run_console_script("amir-evaluate", f"ckpt_path={best}", f"data.path={tiny_h5}",
-                                f"hydra.run.dir={eval_dir}", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    result = run_console_script(
+        "amir-evaluate",
+        f"ckpt_path={best}",
+        f"data.path={tiny_h5}",
+        f"hydra.run.dir={eval_dir}",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = _metrics(eval_dir)
     assert set(evaluated) == {"train", "val", "test"}
@@ -89,9 +104,10 @@ def test_console_scripts_train_then_evaluate_reproduces_test_figures(tiny_h5, tm
 
 
 def test_evaluate_refuses_mismatched_data(compose_cfg, tiny_h5, tmp_path):
+    from conftest import TINY_FEATURES
+
     from amir_pl.cli import AmirError
     from amir_pl.dataset_file import write_synthetic
-    from conftest import TINY_FEATURES
 
     train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1"]))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
@@ -109,8 +125,15 @@ def test_evaluate_refuses_mismatched_data(compose_cfg, tiny_h5, tmp_path):
 @pytest.mark.slow
 def test_ddp_cpu_counts_every_test_clip_once(tiny_h5, tmp_path):
     run_dir = tmp_path / "ddp_run"
-    result = run_console_script("amir-train", f"data.path={tiny_h5}", "trainer=ddp_cpu", *FAST,
-                                "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_console_script(
+        "amir-train",
+        f"data.path={tiny_h5}",
+        "trainer=ddp_cpu",
+        *FAST,
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     test = _metrics(run_dir)["test"]
     # 35 clips over 2 ranks (17 + 18): padding or duplication would make this 36
@@ -127,8 +150,13 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
     assert result.returncode == 2
     assert f"amir-train: error: {bad}: not a readable HDF5 file" in result.stderr
     assert "Traceback" not in result.stderr
-    module_run = subprocess.run([sys.executable, "-m", "amir_pl.train", f"hydra.run.dir={tmp_path / 'run2'}"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    module_run = subprocess.run(
+        [sys.executable, "-m", "amir_pl.train", f"hydra.run.dir={tmp_path / 'run2'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert module_run.returncode == 2 and "amir-train: error: data.path is required" in module_run.stderr
 
 
@@ -136,9 +164,19 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
 def test_every_experiment_trains(compose_cfg, tiny_h5, experiment):
     # One short epoch of each shipped recipe, so none of them breaks unnoticed (their full runs
     # are the README's results; builtin_large's full run needs a GPU).
-    cfg = compose_cfg("train", [f"experiment={experiment}", f"data.path={tiny_h5}", "trainer.max_epochs=1",
-                                "trainer.enable_progress_bar=false", "data.num_workers=0", "trainer.accelerator=cpu",
-                                "trainer.limit_train_batches=2", "logger=csv"])
+    cfg = compose_cfg(
+        "train",
+        [
+            f"experiment={experiment}",
+            f"data.path={tiny_h5}",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "data.num_workers=0",
+            "trainer.accelerator=cpu",
+            "trainer.limit_train_batches=2",
+            "logger=csv",
+        ],
+    )
     assert train(cfg)["test"]["n"] == N_TEST
 
 
@@ -147,8 +185,10 @@ def test_paper_experiment_and_overrides_compose(compose_cfg):
     assert cfg.trainer.max_epochs == 30 and cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-4
     assert cfg.model.input_norm == "batch" and cfg.model.init == "thesis" and cfg.module.loss_reduction == "sum"
     assert dict(cfg.model.dropout) == {"conv1": 0.0, "conv2": 0.5, "conv3": 0.5, "conv4": 0.5, "fc": 0.5}
-    cfg = compose_cfg("train", ["data.path=data/set.h5", "model.dropout.conv2=0", "optimizer.lr=3e-4",
-                                "trainer=ddp", "trainer.devices=4"])
+    cfg = compose_cfg(
+        "train",
+        ["data.path=data/set.h5", "model.dropout.conv2=0", "optimizer.lr=3e-4", "trainer=ddp", "trainer.devices=4"],
+    )
     assert cfg.model.dropout.conv2 == 0 and cfg.optimizer.lr == 3e-4
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4 and cfg.trainer.accelerator == "gpu"
     assert compose_cfg("train", ["data.path=x"]).trainer.accelerator == "auto"
@@ -178,8 +218,19 @@ def test_gpu_split_cached_in_device_memory(compose_cfg, tiny_h5, tmp_path, monke
         return cached
 
     monkeypatch.setattr(H5DataModule, "_cached_split", spy)
-    summaries = train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.cache=device",
-                                            "module.channels_last=true", "trainer.benchmark=true"]))
+    summaries = train(
+        compose_cfg(
+            "train",
+            [
+                f"data.path={tiny_h5}",
+                "trainer=gpu",
+                *FAST,
+                "data.cache=device",
+                "module.channels_last=true",
+                "trainer.benchmark=true",
+            ],
+        )
+    )
     assert ("train", "cuda") in seen and ("val", "cuda") in seen
     assert summaries["test"]["n"] == N_TEST and summaries["test"]["top1_error"] < 0.4
 
@@ -202,10 +253,18 @@ def test_gpu_ddp_nccl_fit_and_test(tiny_h5, tmp_path):
     # gloo (trainer=ddp_cpu) accepts CPU tensors and hid it.
     run_dir = tmp_path / "ddp_gpu"
     tests = str(Path(__file__).resolve().parent)
-    result = run_console_script("amir-train", f"data.path={tiny_h5}", "trainer=ddp", "trainer.devices=1", *FAST,
-                                "trainer.max_epochs=2", "+callbacks.backend._target_=test_train.WriteBackend",
-                                f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                                env={"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))})
+    result = run_console_script(
+        "amir-train",
+        f"data.path={tiny_h5}",
+        "trainer=ddp",
+        "trainer.devices=1",
+        *FAST,
+        "trainer.max_epochs=2",
+        "+callbacks.backend._target_=test_train.WriteBackend",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "backend.txt").read_text() == "nccl"
     test = _metrics(run_dir)["test"]
@@ -266,8 +325,10 @@ class FailOnHostRead(_StepWindow):
         def guarded(*args, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
             if f"torch{os.sep}optim{os.sep}" not in caller:
-                raise AssertionError(f"{function.__name__}() reads a tensor back to the host during a training step "
-                                     f"({caller}:{sys._getframe(1).f_lineno})")
+                raise AssertionError(
+                    f"{function.__name__}() reads a tensor back to the host during a training step "
+                    f"({caller}:{sys._getframe(1).f_lineno})"
+                )
             return function(*args, **kwargs)
 
         return guarded
@@ -278,8 +339,19 @@ def test_training_steps_never_read_values_back(compose_cfg, tiny_h5):
     # at batch 64): torchmetrics' NaN check and Lightning's progress-bar copy of the step loss.
     # data.cache=memory: batches are index gathers, so reading the file (host work) is out of the window.
     FailOnHostRead.checked = FailOnHostRead.expected = 0
-    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "data.batch_size=8", "data.cache=memory",
-                                "trainer.log_every_n_steps=1000", "+callbacks.guard._target_=test_train.FailOnHostRead"]))
+    train(
+        compose_cfg(
+            "train",
+            [
+                f"data.path={tiny_h5}",
+                *FAST,
+                "data.batch_size=8",
+                "data.cache=memory",
+                "trainer.log_every_n_steps=1000",
+                "+callbacks.guard._target_=test_train.FailOnHostRead",
+            ],
+        )
+    )
     assert FailOnHostRead.checked == FailOnHostRead.expected >= 3 * 7  # 10 batches an epoch, 3 epochs
 
 
@@ -288,9 +360,20 @@ def test_training_steps_never_read_values_back(compose_cfg, tiny_h5):
 @pytest.mark.parametrize("cache", ["device", "none"])
 def test_gpu_training_steps_never_wait_for_the_gpu(compose_cfg, tiny_h5, cache):
     FailOnGpuSync.checked = FailOnGpuSync.expected = 0
-    train(compose_cfg("train", [f"data.path={tiny_h5}", "trainer=gpu", *FAST, "data.batch_size=8",
-                                f"data.cache={cache}", "trainer.log_every_n_steps=1000",
-                                "+callbacks.guard._target_=test_train.FailOnGpuSync"]))
+    train(
+        compose_cfg(
+            "train",
+            [
+                f"data.path={tiny_h5}",
+                "trainer=gpu",
+                *FAST,
+                "data.batch_size=8",
+                f"data.cache={cache}",
+                "trainer.log_every_n_steps=1000",
+                "+callbacks.guard._target_=test_train.FailOnGpuSync",
+            ],
+        )
+    )
     assert FailOnGpuSync.checked == FailOnGpuSync.expected >= 3 * 7
 
 
@@ -298,8 +381,18 @@ def test_gpu_training_steps_never_wait_for_the_gpu(compose_cfg, tiny_h5, cache):
 def test_speed_options_train_and_leave_portable_checkpoints(compose_cfg, tiny_h5, tmp_path):
     from amir_pl.module import AmirModule
 
-    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv",
-                                "module.channels_last=true", "module.compile=true", "data.cache=memory"])
+    cfg = compose_cfg(
+        "train",
+        [
+            f"data.path={tiny_h5}",
+            *FAST,
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "module.channels_last=true",
+            "module.compile=true",
+            "data.cache=memory",
+        ],
+    )
     summaries = train(cfg)
     assert summaries["test"]["n"] == N_TEST
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
