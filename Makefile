@@ -10,7 +10,7 @@ B_CLIPS ?= 40
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages test test-fast quickstart results results-train results-medium bench clean
+.PHONY: install system-packages lint test test-fast quickstart results results-train results-medium bench clean
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ system-packages:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	else echo "no apt-get: install libfluidsynth and the GM soundfonts yourself (README); amir-synth falls back to tinysoundfont"; fi
 
-test: system-packages install
+# Formatting and lint (config in pyproject.toml); the layering check runs inside the tests (import-linter).
+lint: install
+	$(BIN)/ruff format --check amir_pl tests
+	$(BIN)/ruff check amir_pl tests
+
+test: system-packages install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install  # skips the subprocess and DDP tests
@@ -52,8 +57,8 @@ results: system-packages install
 
 results-train: install
 	for scale in power db; do \
-	  $(BIN)/amir-prepare source=$(DATA)/quickstart output=$(DATA)/quickstart_$$scale.h5 scale=$$scale overwrite=true && \
-	  $(BIN)/amir-prepare source=$(DATA)/quickstart_b output=$(DATA)/quickstart_b_$$scale.h5 scale=$$scale overwrite=true || exit 1; \
+	  $(BIN)/amir-prepare source=$(DATA)/quickstart output=$(DATA)/quickstart_$$scale.h5 features.scale=$$scale overwrite=true && \
+	  $(BIN)/amir-prepare source=$(DATA)/quickstart_b output=$(DATA)/quickstart_b_$$scale.h5 features.scale=$$scale overwrite=true || exit 1; \
 	done
 	for run in paper:power paper_as_run:power paper:db; do \
 	  model=$${run%:*}; scale=$${run#*:}; name=results_$${model}_$$scale; \

@@ -31,19 +31,19 @@ timeout 300 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/test_train.py 2
 
 if [ -d .gpu_old/amir_pl ]; then  # an earlier version (git archive of a commit) on the same card, for before/after
   echo "== bench: overhead, earlier version"
-  PYTHONPATH=${PYTHONPATH/$PWD/$PWD/.gpu_old} timeout 90 $PY -m amir_pl.bench 'benches=[overhead]' overhead.steps=300 \
+  PYTHONPATH=${PYTHONPATH/$PWD/$PWD/.gpu_old} timeout 90 $PY -m amir_pl.apps.bench 'benches=[overhead]' overhead.steps=300 \
     hydra.run.dir=/tmp/overhead_old 2>&1 | grep -E "^overhead" | tee "$OUT/overhead_old.log"
 fi
 
 echo "== bench: overhead${BENCH_PREDICT:+, predict}, train (batch 64)"
-timeout 300 $PY -m amir_pl.bench "benches=[overhead${BENCH_PREDICT:+,predict},train]" overhead.steps=300 \
+timeout 300 $PY -m amir_pl.apps.bench "benches=[overhead${BENCH_PREDICT:+,predict},train]" overhead.steps=300 \
   predict.num_workers=4 predict.batch_size=256 train.clips="$TRAIN_CLIPS" train.num_workers="$WORKERS" \
   "train.run=[${RUN64:-fp32,bf16,bf16_channels_last,bf16_cl_compile,bf16_cl_compile_cache}]" \
   hydra.run.dir=/tmp/bench64 2>&1 | grep -v Warning | tee "$OUT/bench64.log"
 cp /tmp/bench64/bench.json "$OUT/bench64.json" 2>/dev/null
 
 echo "== bench: train (batch 256)"
-timeout 150 $PY -m amir_pl.bench 'benches=[train]' train.clips="$TRAIN_CLIPS_LARGE_BATCH" train.batch_size=256 \
+timeout 150 $PY -m amir_pl.apps.bench 'benches=[train]' train.clips="$TRAIN_CLIPS_LARGE_BATCH" train.batch_size=256 \
   train.num_workers="$WORKERS" "train.run=[${RUN256:-bf16_channels_last,bf16_cl_compile_cache}]" \
   hydra.run.dir=/tmp/bench256 2>&1 | grep -v Warning | tee "$OUT/bench256.log"
 cp /tmp/bench256/bench.json "$OUT/bench256.json" 2>/dev/null

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from amir_pl.cli import CONFIG_DIR
-from amir_pl.dataset_file import FeatureParams, write_synthetic
+from amir_pl.dataset.schema import write_synthetic
+from amir_pl.features.params import FeatureParams
 
 # 32 mels x 33 frames keeps the net small enough for a 2-core CPU; the 128 x 130 shape is tested directly.
 TINY_FEATURES = FeatureParams(n_mels=32, clip_samples=32 * 512)
@@ -44,7 +44,7 @@ def compose_cfg(tmp_path):
 
     def _compose(config_name: str, overrides=()):
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_module(config_module="amir_pl.conf", version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
@@ -59,9 +59,9 @@ def compose_cfg(tmp_path):
 def run_console_script(
     name: str, *overrides: str, cwd: Path, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run an installed console script (falling back to ``python -m amir_pl.<app>``) in a subprocess."""
+    """Run an installed console script (falling back to ``python -m amir_pl.apps.<app>``) in a subprocess."""
     script = Path(sys.executable).parent / name
-    command = [str(script)] if script.exists() else [sys.executable, "-m", f"amir_pl.{name.split('-', 1)[1]}"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", f"amir_pl.apps.{name.split('-', 1)[1]}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([*command, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -69,11 +69,11 @@ def run_console_script(
 @pytest.fixture(scope="session")
 def checkpoint(tiny_h5, tmp_path_factory):
     """A checkpoint trained for one epoch on the tiny synthetic file (32 mels, 0.74 s windows)."""
-    from amir_pl.train import train
+    from amir_pl.training.train import train
 
     run_dir = tmp_path_factory.mktemp("predict_train")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="amir_pl.conf", version_base="1.3"):
         cfg = compose("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from amir_pl.bench import bench
-from amir_pl.cli import AmirError
+from amir_pl.bench.run import bench
+from amir_pl.core.errors import AmirError
 
 TINY_OVERHEAD = [
     "benches=[overhead]",
@@ -17,10 +17,10 @@ TINY_OVERHEAD = [
 
 
 def test_overhead_alternates_the_order_and_reports_medians_of_every_round(compose_cfg, tmp_path, capsys, monkeypatch):
-    import amir_pl.bench
+    import amir_pl.bench.run
 
     waits = []  # each loop waits for the device at the two ends of its timed window, never per step
-    monkeypatch.setattr(amir_pl.bench, "_synchronize", lambda: waits.append(1))
+    monkeypatch.setattr(amir_pl.bench.run, "_synchronize", lambda: waits.append(1))
     results = bench(compose_cfg("bench", [*TINY_OVERHEAD, "overhead.rounds=3"]))["overhead"]
     assert len(waits) == 3 * 2 * 2  # rounds x (bare, Lightning) x (start, end)
     out = capsys.readouterr().out

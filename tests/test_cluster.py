@@ -133,8 +133,8 @@ def test_under_submitit_the_one_requeue_is_submitits_after_the_save(
     from submitit.slurm.slurm import SlurmJobEnvironment
     from test_fault_tolerance import SLURM_TASK, fake_scontrol
 
-    from amir_pl.fault_tolerance import Preempted
-    from amir_pl.train import train
+    from amir_pl.training.fault_tolerance import Preempted
+    from amir_pl.training.train import train
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     for name, value in {**SLURM_TASK, **fake_scontrol(tmp_path / "fake", str(last))}.items():
@@ -235,7 +235,7 @@ def test_two_nodes_on_localhost_with_torchrun(tiny_h5, tmp_path):
                 "--master-addr=127.0.0.1",
                 f"--master-port={port}",
                 "-m",
-                "amir_pl.train",
+                "amir_pl.apps.train",
                 f"data.path={tiny_h5}",
                 "trainer=ddp_cpu",
                 "trainer.devices=1",

@@ -4,8 +4,15 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from amir_pl.data import CachedSplit, ContiguousBatchSampler, H5ClipDataset, H5DataModule, ShuffledRunBatchSampler
-from amir_pl.dataset_file import DatasetFileError, DatasetWriter, FeatureParams, read_info
+from amir_pl.dataset.schema import DatasetFileError, DatasetWriter, read_info
+from amir_pl.features.params import FeatureParams
+from amir_pl.training.data import (
+    CachedSplit,
+    ContiguousBatchSampler,
+    H5ClipDataset,
+    H5DataModule,
+    ShuffledRunBatchSampler,
+)
 
 FEATURES = FeatureParams(n_mels=4, clip_samples=4 * 512)  # 4 x 5 clips: the content is the test here
 N_TRAIN, N_VAL = 203, 37  # not multiples of anything
@@ -205,7 +212,7 @@ def test_cached_split_gives_the_same_clips_without_reading_the_file(indexed_h5, 
 
 
 def test_cache_that_does_not_fit_streams_instead(indexed_h5, monkeypatch, caplog):
-    import amir_pl.data as data
+    import amir_pl.training.data as data
 
     monkeypatch.setattr(data, "cache_fits", lambda nbytes, device, fraction: (False, 1000))
     dm = H5DataModule(str(indexed_h5), batch_size=16, num_workers=0, cache="memory")

@@ -12,13 +12,13 @@ import psutil
 import pytest
 import torch
 from conftest import FAST, TINY_CLASSES, TINY_FEATURES, run_console_script
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from amir_pl.cli import CONFIG_DIR
-from amir_pl.data import CachedSplit, ContiguousBatchSampler, H5ClipDataset, H5DataModule
-from amir_pl.dataset_file import DatasetWriter, FeatureParams, write_synthetic
-from amir_pl.module import AmirModule
+from amir_pl.dataset.schema import DatasetWriter, write_synthetic
+from amir_pl.features.params import FeatureParams
+from amir_pl.training.data import CachedSplit, ContiguousBatchSampler, H5ClipDataset, H5DataModule
+from amir_pl.training.module import AmirModule
 
 SMALL = FeatureParams(n_mels=4, clip_samples=4 * 512)  # 4 x 5 float32 clips: 80 bytes each
 
@@ -33,7 +33,7 @@ def _open_files(path) -> list:
 
 def _module(info) -> AmirModule:
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="amir_pl.conf", version_base="1.3"):
         cfg = compose("train", ["data.path=unused"])
     GlobalHydra.instance().clear()
     return AmirModule(

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from amir_pl.audio import MelFrontEnd
-from amir_pl.dataset_file import FeatureParams
-from amir_pl.export import export, load_exported
-from amir_pl.module import load_checkpoint
+from amir_pl.features.audio import MelFrontEnd
+from amir_pl.features.params import FeatureParams
+from amir_pl.inference.export import export, load_exported
+from amir_pl.training.module import load_checkpoint
 
 
 @pytest.mark.parametrize("fmt", ["torch_export", "torchscript"])

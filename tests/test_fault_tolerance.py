@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import FAST, run_console_script
 
-from amir_pl.cli import AmirError
-from amir_pl.fault_tolerance import find_resume_checkpoint
-from amir_pl.train import train
+from amir_pl.core.errors import AmirError
+from amir_pl.training.fault_tolerance import find_resume_checkpoint
+from amir_pl.training.train import train
 
 TESTS = Path(__file__).parent
 # 80 training clips / 16 = 5 steps an epoch, 4 epochs = 20 steps; last.ckpt every 3 steps and each epoch end.
@@ -150,7 +150,7 @@ def test_plain_slurm_job_saves_requeues_once_and_continues_in_its_own_folder(tin
 
 
 def test_a_requeued_slurm_job_finds_its_own_folder_not_another_jobs(compose_cfg, tiny_h5, tmp_path, monkeypatch):
-    from amir_pl.train import _resume_checkpoint
+    from amir_pl.training.train import _resume_checkpoint
 
     for name, value in SLURM_TASK.items():
         monkeypatch.setenv(name, value)
@@ -181,7 +181,7 @@ def test_a_requeued_slurm_job_finds_its_own_folder_not_another_jobs(compose_cfg,
 
 
 def test_an_uncatchable_preemption_signal_is_refused_naming_the_option():
-    from amir_pl.fault_tolerance import PreemptionCheckpoint
+    from amir_pl.training.fault_tolerance import PreemptionCheckpoint
 
     for bad in ("SIGKILL", "SIGNOPE"):
         with pytest.raises(AmirError, match=r"callbacks\.preemption\.signals: .* SIGUSR1"):
@@ -224,7 +224,7 @@ def test_resume_from_a_run_folder_continues_there(compose_cfg, tiny_h5, tmp_path
 
 
 def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny_h5, tmp_path, monkeypatch):
-    from amir_pl.train import _resume_checkpoint
+    from amir_pl.training.train import _resume_checkpoint
 
     train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv"]))
     cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv"])  # resume=false

@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from amir_pl.model import ModelConfigError, SegalConvNet
+from amir_pl.training.model import ModelConfigError, SegalConvNet
 
 
 def test_thesis_shapes_and_4608_flatten():

@@ -8,12 +8,12 @@ import torch
 from conftest import FAST, TINY_CLASSES, TINY_SPLITS
 from torch import nn
 
-import amir_pl.evaluate
-from amir_pl.cli import AmirError
-from amir_pl.evaluate import evaluate
-from amir_pl.fault_tolerance import _loadable
-from amir_pl.module import load_checkpoint
-from amir_pl.train import train
+import amir_pl.training.scoring
+from amir_pl.core.errors import AmirError
+from amir_pl.training.fault_tolerance import _loadable
+from amir_pl.training.module import load_checkpoint
+from amir_pl.training.scoring import evaluate
+from amir_pl.training.train import train
 
 N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)
 
@@ -47,10 +47,10 @@ def test_checkpoint_loads_with_weights_only(checkpoint, monkeypatch):
     ("key", "target"),
     [
         ("net", "test_module_checkpoint.Tripwire"),
-        ("net", "amir_pl.model.nn"),  # in the allowed module, but not a net class
+        ("net", "amir_pl.training.model.nn"),  # in the allowed module, but not a net class
         ("optimizer", "subprocess.Popen"),
         ("optimizer", "torch.optim.sgd.os.system"),
-        ("scheduler", "amir_pl.model.SegalConvNet"),  # allowed for net, not as a scheduler
+        ("scheduler", "amir_pl.training.model.SegalConvNet"),  # allowed for net, not as a scheduler
         ("net.dropout", "test_module_checkpoint.Tripwire"),  # nested: Hydra would build it too
     ],
 )
@@ -101,13 +101,13 @@ def test_evaluate_uses_the_precision_the_checkpoint_was_trained_with(compose_cfg
     ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["amir_precision"] == "bf16-mixed"
     precisions = []
-    original = amir_pl.evaluate.score_splits
+    original = amir_pl.training.scoring.score_splits
 
     def spy(trainer, *args, **kwargs):
         precisions.append(trainer.precision)
         return original(trainer, *args, **kwargs)
 
-    monkeypatch.setattr(amir_pl.evaluate, "score_splits", spy)
+    monkeypatch.setattr(amir_pl.training.scoring, "score_splits", spy)
     common = [
         f"ckpt_path={ckpt}",
         f"data.path={tiny_h5}",
@@ -170,3 +170,16 @@ def test_batch_norm_scores_depend_on_the_eval_batch(compose_cfg, tiny_h5, tmp_pa
     clips = torch.rand(8, 32, 33)
     with torch.no_grad():
         assert not torch.allclose(module(clips[:1]), module(clips)[:1])
+
+
+def test_checkpoints_from_before_the_stage_folders_still_load(checkpoint, tmp_path):
+    """Checkpoints written before the package was laid out by stage name the net amir_pl.model.<Class>."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["net"]["_target_"] == "amir_pl.training.model.SegalConvNet"
+    saved["hyper_parameters"]["net"]["_target_"] = "amir_pl.model.SegalConvNet"
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    assert _loadable(old) is None
+    x = torch.randn(3, 1, *load_checkpoint(checkpoint).hparams["input_shape"])
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(old).eval()(x), load_checkpoint(checkpoint).eval()(x))

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from amir_pl import report
-from amir_pl.module import AmirModule
+from amir_pl.training import report
+from amir_pl.training.module import AmirModule
 
 CLASSES = ["drums", "flute", "piano", "violin"]
 TARGETS = torch.tensor([0, 0, 0, 1, 1, 2, 3])
@@ -22,7 +22,7 @@ class HostCopy(torch.Tensor):
 def _module(monkeypatch):
     """A module with a stand-in trainer whose ``log`` records ``(name, value, sync_dist)``."""
     module = AmirModule(
-        net={"_target_": "amir_pl.model.SegalConvNet"},
+        net={"_target_": "amir_pl.training.model.SegalConvNet"},
         optimizer={"_target_": "torch.optim.Adam"},
         class_names=CLASSES,
         features={},

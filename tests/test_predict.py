@@ -6,11 +6,11 @@ import soundfile as sf
 import torch
 from test_prepare import write_tone
 
-from amir_pl.audio import MelFrontEnd, frame_rms, probe, read_clips
-from amir_pl.cli import AmirError
-from amir_pl.dataset_file import FeatureParams
-from amir_pl.module import load_checkpoint
-from amir_pl.predict import _batch_size, aggregate, last_level_cache_bytes, predict
+from amir_pl.core.errors import AmirError
+from amir_pl.features.audio import MelFrontEnd, frame_rms, probe, read_clips
+from amir_pl.features.params import FeatureParams
+from amir_pl.inference.predict import _batch_size, aggregate, last_level_cache_bytes, predict
+from amir_pl.training.module import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ import soundfile as sf
 import torch
 from conftest import FAST
 
-from amir_pl.audio import RESAMPLING, MelFrontEnd, frame_rms, probe, read_clips, resample
-from amir_pl.cli import AmirError
-from amir_pl.dataset_file import FeatureParams, read_info
-from amir_pl.prepare import prepare
+from amir_pl.core.errors import AmirError
+from amir_pl.dataset.prepare import prepare
+from amir_pl.dataset.schema import read_info
+from amir_pl.features.audio import RESAMPLING, MelFrontEnd, frame_rms, probe, read_clips, resample
+from amir_pl.features.params import FeatureParams
 
 CLASSES = ["cello", "flute", "piano"]
 FOLDERS = {"cel": 110.0, "flu": 880.0, "piano": 261.6}  # IRMAS codes and a plain name
@@ -214,7 +215,7 @@ def test_manifest_with_splits_and_db_float32(compose_cfg, audio_tree, tmp_path):
         writer.writerow(["path", "label", "split"])
         writer.writerows((str(audio_tree / p), label, split) for p, label, split in rows)
     output = tmp_path / "m.h5"
-    run_prepare(compose_cfg, manifest, output, "scale=db", "dtype=float32")
+    run_prepare(compose_cfg, manifest, output, "features.scale=db", "dtype=float32")
     info = read_info(output)
     assert info.features.scale == "db" and info.dtype == np.float32
     sources = _split_sources(output)

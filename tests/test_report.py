@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from amir_pl import report
-from amir_pl.module import classification_metrics
+from amir_pl.training import report
+from amir_pl.training.module import classification_metrics
 
 CLASSES = ["drums", "flute", "piano"]
 # rows true, columns predicted:

@@ -13,17 +13,17 @@ from conftest import FAST, TINY_CLASSES, TINY_FEATURES
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from test_prepare import write_tone
 
-from amir_pl.audio import silence_gate
-from amir_pl.data import H5DataModule, rows_grouped_by_class
-from amir_pl.dataset_file import DatasetWriter, FeatureParams, read_info, write_synthetic
-from amir_pl.export import build
-from amir_pl.module import load_checkpoint
-from amir_pl.predict import predict
-from amir_pl.prepare import prepare
-from amir_pl.train import train
+from amir_pl.dataset.prepare import prepare
+from amir_pl.dataset.schema import DatasetWriter, read_info, write_synthetic
+from amir_pl.features.params import FeatureParams, silence_gate
+from amir_pl.inference.export import build
+from amir_pl.inference.predict import predict
+from amir_pl.training.data import H5DataModule, rows_grouped_by_class
+from amir_pl.training.module import load_checkpoint
+from amir_pl.training.train import train
 
 CLASSES = ["electric_bass", "cello", "drums", "flute", "acoustic_guitar", "organ", "piano", "violin"]
-CLIP = ["clip_seconds=0.75", "n_mels=32"]  # 32 x 33 clips: the order, not the features, is tested
+CLIP = ["features.clip_seconds=0.75", "features.n_mels=32"]  # 32 x 33 clips: the order, not the features, is tested
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 from conftest import FAST
 
-from amir_pl import synth as synth_module
-from amir_pl.dataset_file import read_info
-from amir_pl.labels import CLASS_NAMES
-from amir_pl.prepare import prepare
-from amir_pl.synth import INSTRUMENTS, available_renderer, fallback_font, synth
-from amir_pl.train import train
+from amir_pl.core.labels import CLASS_NAMES
+from amir_pl.dataset.prepare import prepare
+from amir_pl.dataset.schema import read_info
+from amir_pl.dataset.synth import INSTRUMENTS, available_renderer, compose_phrase, fallback_font, synth
+from amir_pl.dataset.synth import renderers as synth_module
+from amir_pl.training.train import train
 
 TIMGM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 needs_font = pytest.mark.skipif(
@@ -103,7 +103,7 @@ def test_fallback_renderer_when_fluidsynth_is_missing(compose_cfg, tmp_path, mon
 
 
 def test_missing_font_names_the_debian_package(compose_cfg, tmp_path):
-    from amir_pl.cli import AmirError
+    from amir_pl.core.errors import AmirError
 
     cfg = compose_cfg(
         "synth", [f"output={tmp_path / 'x'}", "fonts.TimGM6mb.path=/nonexistent.sf2", "allow_fallback_font=false"]
@@ -118,7 +118,7 @@ def test_phrases_stay_in_range_and_vary():
     for label, instrument in INSTRUMENTS.items():
         styles, tempos = set(), set()
         for seed in range(20):
-            phrase = synth_module.compose_phrase(instrument, 3.0, np.random.default_rng(seed))
+            phrase = compose_phrase(instrument, 3.0, np.random.default_rng(seed))
             styles.add(phrase.style)
             tempos.add(round(phrase.tempo))
             keys = [key for _, kind, key, _ in phrase.events if kind == "on"]
@@ -129,7 +129,7 @@ def test_phrases_stay_in_range_and_vary():
 
 
 def test_baseline_scores_like_the_trainer(compose_cfg, tiny_h5, tmp_path):
-    from amir_pl.baseline import baseline
+    from amir_pl.training.baseline import baseline
 
     summaries = baseline(compose_cfg("baseline", [f"data.path={tiny_h5}", f"also_evaluate=[{tiny_h5}]"]))
     assert set(summaries) == {"test", "tiny/train", "tiny/val", "tiny/test"}

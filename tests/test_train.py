@@ -10,9 +10,9 @@ import torch
 from conftest import FAST, TINY_CLASSES, TINY_SPLITS, run_console_script
 from omegaconf import OmegaConf
 
-from amir_pl.evaluate import evaluate
-from amir_pl.report import REPORT_FILES
-from amir_pl.train import train
+from amir_pl.training.report import REPORT_FILES
+from amir_pl.training.scoring import evaluate
+from amir_pl.training.train import train
 
 N_TEST = TINY_SPLITS["test"] * len(TINY_CLASSES)
 
@@ -62,7 +62,7 @@ def test_tensorboard_has_curves_images_tables_and_hparams(compose_cfg, tiny_h5, 
 def test_no_val_split_keeps_last_checkpoint(compose_cfg, tmp_path):
     from conftest import TINY_FEATURES
 
-    from amir_pl.dataset_file import write_synthetic
+    from amir_pl.dataset.schema import write_synthetic
 
     path = write_synthetic(
         tmp_path / "noval.h5", {"train": 4, "test": 2}, class_names=TINY_CLASSES[:3], features=TINY_FEATURES
@@ -106,8 +106,8 @@ def test_console_scripts_train_then_evaluate_reproduces_test_figures(tiny_h5, tm
 def test_evaluate_refuses_mismatched_data(compose_cfg, tiny_h5, tmp_path):
     from conftest import TINY_FEATURES
 
-    from amir_pl.cli import AmirError
-    from amir_pl.dataset_file import write_synthetic
+    from amir_pl.core.errors import AmirError
+    from amir_pl.dataset.schema import write_synthetic
 
     train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1"]))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
@@ -151,7 +151,7 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
     assert f"amir-train: error: {bad}: not a readable HDF5 file" in result.stderr
     assert "Traceback" not in result.stderr
     module_run = subprocess.run(
-        [sys.executable, "-m", "amir_pl.train", f"hydra.run.dir={tmp_path / 'run2'}"],
+        [sys.executable, "-m", "amir_pl.apps.train", f"hydra.run.dir={tmp_path / 'run2'}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -207,7 +207,7 @@ def test_gpu_bf16_fit(compose_cfg, tiny_h5, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_split_cached_in_device_memory(compose_cfg, tiny_h5, tmp_path, monkeypatch):
-    from amir_pl.data import H5DataModule
+    from amir_pl.training.data import H5DataModule
 
     seen = []
     original = H5DataModule._cached_split
@@ -379,7 +379,7 @@ def test_gpu_training_steps_never_wait_for_the_gpu(compose_cfg, tiny_h5, cache):
 
 @pytest.mark.slow
 def test_speed_options_train_and_leave_portable_checkpoints(compose_cfg, tiny_h5, tmp_path):
-    from amir_pl.module import AmirModule
+    from amir_pl.training.module import AmirModule
 
     cfg = compose_cfg(
         "train",

@@ -1,0 +1,1 @@
+"""amir-bench: speed and memory measurements of the library's functions (docs/performance.md)."""

@@ -1,0 +1,1 @@
+"""Small helpers every stage shares: errors, atomic file writes, class names. Imports nothing of ours."""

@@ -1,0 +1,82 @@
+"""The trained net with its audio front end, for serving without amir-pl (amir-export).
+
+The exported model maps mono waveforms at the checkpoint's sample rate, one
+window per row (batch, clip_samples), to class probabilities (batch, classes):
+the mel front end of amir-prepare, the ConvNet and a softmax. Resampling and
+windowing stay outside; the parameters they need travel with the model as
+``metadata.json`` (class names, feature parameters, the resampler's settings).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from amir_pl.core.errors import AmirError
+from amir_pl.core.files import atomic_write
+from amir_pl.features.audio import RESAMPLING, MelFrontEnd
+from amir_pl.features.params import FeatureParams, silence_gate
+from amir_pl.training.module import load_checkpoint
+
+
+class WaveformClassifier(torch.nn.Module):
+    """Waveform windows (batch, clip_samples) -> class probabilities (batch, classes)."""
+
+    def __init__(self, front_end: MelFrontEnd, net: torch.nn.Module):
+        super().__init__()
+        self.front_end = front_end
+        self.net = net
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(self.front_end(waveforms)), dim=1)
+
+
+def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassifier, dict]:
+    module = load_checkpoint(ckpt_path)
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    model = WaveformClassifier(MelFrontEnd(features), module.net).eval()
+    metadata = {
+        "class_names": list(module.hparams["class_names"]),
+        "features": features.as_dict(),
+        "input": f"float32 (batch, {features.clip_samples}): mono windows at {features.sample_rate} Hz",
+        "output": "float32 (batch, classes): softmax probabilities in class_names order",
+        "resampling": {"library": "torchaudio.functional.resample", **RESAMPLING},
+        "rms_threshold": silence_gate(rms_threshold, module.hparams["features"]),
+        "checkpoint": str(Path(ckpt_path).resolve()),
+    }
+    return model, metadata
+
+
+def export(cfg: DictConfig) -> Path:
+    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"))
+    clip_samples = metadata["features"]["clip_samples"]
+    example = torch.zeros(2, clip_samples)
+    suffix = {"torch_export": ".pt2", "torchscript": ".ts"}
+    if cfg.format not in suffix:
+        raise AmirError(f"format={cfg.format!r}: expected torch_export or torchscript")
+    output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{suffix[cfg.format]}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"metadata.json": json.dumps(metadata, indent=2)}
+    with torch.no_grad():
+        if cfg.format == "torch_export":
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+            atomic_write(output, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra))
+        else:
+            scripted = torch.jit.trace(model, example)
+            atomic_write(output, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
+    return output
+
+
+def load_exported(path) -> tuple[torch.nn.Module, dict]:
+    """The exported model (callable) and its metadata."""
+    path = Path(path)
+    extra = {"metadata.json": ""}
+    if path.suffix == ".pt2":
+        program = torch.export.load(str(path), extra_files=extra)
+        return program.module(), json.loads(extra["metadata.json"])
+    model = torch.jit.load(str(path), _extra_files=extra)
+    return model, json.loads(extra["metadata.json"])

@@ -1,0 +1,273 @@
+"""The instrument in recordings of any length (amir-predict).
+
+Each file is cut into 3 s windows every ``hop_seconds`` with the front end of
+amir-prepare (resampling, RMS gate, mel; its parameters come from the
+checkpoint), windows under the gate are counted as silent, the net scores the
+rest in batches, and the window probabilities are aggregated per file.
+Writes predictions.csv and predictions.json into the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from amir_pl.core.errors import AmirError
+from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, clip_count, probe
+from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
+from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
+from amir_pl.training.module import load_checkpoint
+
+AGGREGATIONS = ("mean", "vote", "han")
+
+
+def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
+    """One score per class from the (windows, classes) softmax outputs.
+
+    - ``mean``: the mean of the window softmaxes (a distribution);
+    - ``vote``: the share of windows whose top class it is;
+    - ``han``: the sum of the softmaxes divided by its maximum (Han et al., 2016), so the
+      top class scores 1 and the others their strength relative to it.
+    """
+    if rule == "mean":
+        return probabilities.mean(axis=0)
+    if rule == "vote":
+        return np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
+    if rule == "han":
+        total = probabilities.sum(axis=0)
+        return total / total.max()
+    raise AmirError(f"aggregation={rule!r}: expected one of {AGGREGATIONS}")
+
+
+def find_inputs(inputs) -> tuple[list[Path], list[dict]]:
+    """Files given and audio files under folders given (recursively); problems noted, not raised."""
+    files, problems = [], []
+    for entry in [inputs] if isinstance(inputs, str) else list(inputs):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                problems.append(
+                    {
+                        "file": str(path),
+                        "status": "error",
+                        "error": f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder",
+                    }
+                )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append({"file": str(path), "status": "error", "error": "no such file or folder"})
+    return files, problems
+
+
+@dataclass
+class FileResult:
+    file: str
+    duration_s: float = 0.0
+    windows_used: int = 0
+    silent_windows: int = 0
+    padded: bool = False
+    status: str = "ok"  # ok | silent | error
+    error: str = ""
+    scores: dict = field(default_factory=dict)  # rule -> per-class scores
+    offsets: list = field(default_factory=list)
+    window_probabilities: list = field(default_factory=list)
+
+
+def _probe_all(files: list[Path], settings: ClipSettings, results: list[FileResult]) -> list[tuple[int, AudioInfo]]:
+    """The readable files with their headers; the others get their error in ``results``."""
+    readable = []
+    for index, path in enumerate(files):
+        try:
+            info = probe(path)
+        except AudioError as error:
+            results[index].status, results[index].error = "error", str(error)
+            continue
+        results[index].duration_s = round(info.seconds, 3)
+        results[index].padded = clip_count(info, settings.features, settings.hop_samples) == 0
+        readable.append((index, info))
+    return readable
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    module = load_checkpoint(cfg.ckpt_path)
+    stored = module.hparams.get("features") or {}
+    if set(FEATURE_ATTRS) - set(stored):
+        raise AmirError(
+            f"ckpt_path={cfg.ckpt_path}: the checkpoint lacks the front-end parameters "
+            f"{sorted(set(FEATURE_ATTRS) - set(stored))}; train it with amir-train"
+        )
+    features = FeatureParams.from_mapping(stored)
+    class_names = list(module.hparams["class_names"])
+    if cfg.aggregation not in AGGREGATIONS:
+        raise AmirError(f"aggregation={cfg.aggregation!r}: expected one of {AGGREGATIONS}")
+    hop = round(float(cfg.hop_seconds) * features.sample_rate)
+    if hop <= 0:
+        raise AmirError(f"hop_seconds={cfg.hop_seconds}: must be positive")
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
+    # channels_last: faster convolutions on a CPU (docs/performance.md, "Measurements behind the code").
+    net = module.net.to(device, memory_format=torch.channels_last).eval()
+    first_conv = next(layer for layer in net.modules() if isinstance(layer, torch.nn.Conv2d))
+    window_bytes = first_conv.out_channels * math.prod(module.hparams["input_shape"]) * 4  # float32, "same" padding
+    batch_size = _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes())
+
+    files, problems = find_inputs(cfg.inputs)
+    results = [FileResult(str(path)) for path in files]
+    gate = silence_gate(cfg.rms_threshold, stored)
+    settings = ClipSettings(features, gate, hop_samples=hop, pad_short=True)
+    tasks = make_tasks(_probe_all(files, settings, results), settings, cfg.windows_per_task)
+    probabilities: dict[int, list[np.ndarray]] = {i: [] for i in range(len(files))}
+    # The net keeps this process's threads; the workers decode and compute the mels.
+    for windows in run_tasks(tasks, settings, cfg.num_workers, one_thread_here=False):
+        result = results[windows.task.file_index]
+        result.silent_windows += windows.silent
+        if windows.error:
+            result.status, result.error = "error", windows.error
+        if windows.mels is not None:
+            result.offsets += windows.offsets
+            for start in range(0, len(windows.mels), batch_size):
+                batch = torch.from_numpy(windows.mels[start : start + batch_size]).unsqueeze(1)
+                batch = batch.to(device, memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    probabilities[windows.task.file_index].append(
+                        torch.softmax(net(batch), dim=1).float().cpu().numpy()
+                    )
+    for index, result in enumerate(results):
+        if result.status == "error" and not probabilities[index]:
+            continue
+        if not probabilities[index]:
+            result.status = "silent"
+            continue
+        window_probs = np.concatenate(probabilities[index])
+        result.status = "ok"  # a file that failed part-way keeps its windows and its error note
+        result.windows_used = len(window_probs)
+        result.scores = {rule: aggregate(window_probs, rule) for rule in AGGREGATIONS}
+        if cfg.timeline:
+            result.window_probabilities = window_probs.round(4).tolist()
+    rows = [_row(r, class_names, cfg) for r in results] + problems
+    run_dir = Path(cfg.paths.output_dir)
+    _write_outputs(run_dir, rows)
+    _print_table(rows)
+    print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")
+    if not any(row["status"] in ("ok", "silent") for row in rows):
+        details = "; ".join(f"{row['file']}: {row['error']}" for row in rows[:5]) or "no input files"
+        raise AmirError(f"nothing could be processed ({details})")
+    return rows
+
+
+def _batch_size(value, device: torch.device, window_activation_bytes: int, cache_bytes: int | None) -> int:
+    """Windows per forward pass. ``auto``: 256 on a GPU; on a CPU as many windows as keep the first
+    layer's output in 80 % of the CPU's last-level cache between the convolution and the pooling
+    (where the time per window was lowest when measured: docs/performance.md, "Measurements behind the code")."""
+    if value == "auto":
+        if device.type != "cpu":
+            return 256
+        return max(1, min(64, int(0.8 * cache_bytes / window_activation_bytes))) if cache_bytes else 4
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise AmirError(f"batch_size={value!r}: expected a positive number of windows or 'auto'")
+
+
+def last_level_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The size of the largest CPU cache that Linux reports for cpu0, or None."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    sizes = []
+    for path in Path(cache_dir).glob("index*/size"):
+        text = path.read_text().strip()
+        if text[-1:] in units and text[:-1].isdigit():
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=None)
+
+
+def _row(result: FileResult, class_names, cfg) -> dict:
+    row = {
+        "file": result.file,
+        "duration_s": result.duration_s,
+        "windows_used": result.windows_used,
+        "silent_windows": result.silent_windows,
+        "padded": result.padded,
+        "status": result.status,
+        "error": result.error,
+    }
+    if result.scores:
+        scores = result.scores[cfg.aggregation]
+        order = np.argsort(-scores, kind="stable")[: cfg.top_k]
+        row["top1"] = class_names[order[0]]
+        row["top1_score"] = round(float(scores[order[0]]), 4)
+        row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
+        row["aggregation"] = cfg.aggregation
+        row["scores"] = {
+            rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
+        }
+    if result.window_probabilities:
+        row["window_offsets_s"] = [round(o, 3) for o in result.offsets]
+        row["window_probabilities"] = result.window_probabilities
+    return row
+
+
+def _write_outputs(run_dir: Path, rows: list[dict]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with (run_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "file",
+                "duration_s",
+                "windows_used",
+                "silent_windows",
+                "padded",
+                "status",
+                "top1",
+                "top1_score",
+                "top_k",
+                "error",
+            ]
+        )
+        for row in rows:
+            top_k = " ".join(f"{name}:{score:.3f}" for name, score in row.get("top_k", []))
+            writer.writerow(
+                [
+                    row["file"],
+                    row.get("duration_s", ""),
+                    row.get("windows_used", 0),
+                    row.get("silent_windows", 0),
+                    row.get("padded", False),
+                    row["status"],
+                    row.get("top1", ""),
+                    row.get("top1_score", ""),
+                    top_k,
+                    row.get("error", ""),
+                ]
+            )
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"{'file':<40} {'seconds':>8} {'windows':>8} {'silent':>7}  result")
+    for row in rows:
+        name = row["file"] if len(row["file"]) <= 40 else "..." + row["file"][-37:]
+        if row["status"] == "ok":
+            result = " ".join(f"{n} {s:.2f}" for n, s in row["top_k"]) + ("  (padded)" if row["padded"] else "")
+        else:
+            result = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        print(
+            f"{name:<40} {row.get('duration_s', 0):>8.1f} {row.get('windows_used', 0):>8} "
+            f"{row.get('silent_windows', 0):>7}  {result}",
+            file=sys.stdout,
+        )

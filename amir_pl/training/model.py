@@ -1,0 +1,132 @@
+"""Segal's (2016) ConvNet as a plain ``nn.Module`` (no Lightning here).
+
+4 x [conv 3x3 (64 filters, stride 1, same padding) -> ReLU -> 2x2 max-pool,
+stride 2, "same" padding] -> flatten (64 x 8 x 9 = 4,608 for 128 x 130) ->
+FC 1,024 -> ReLU -> one logit per class. TensorFlow's "same" max-pool keeps
+ceil(n / 2) positions, which is ``ceil_mode=True`` here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from amir_pl.core.errors import AmirError
+
+
+class ModelConfigError(AmirError, ValueError):
+    """A model option with a value the net cannot be built from."""
+
+
+DROPOUT_SITES = ("conv1", "conv2", "conv3", "conv4", "fc")
+INPUT_NORMS = ("running", "batch", "none")
+INITS = ("thesis", "pytorch")
+DROPOUT_POSITIONS = ("after_pool", "before_pool")
+
+
+def input_normalisation(mode: str) -> nn.Module:
+    """The thesis's per-batch scalar standardisation with a trainable scalar gain and bias.
+
+    A ``BatchNorm2d`` over the single input channel is exactly that: one mean and
+    variance over the whole batch, one gain, one bias.
+
+    - ``running``: batch statistics in training, running averages in evaluation, so
+      a clip's prediction does not depend on the rest of its batch (the default).
+    - ``batch``: batch statistics in training and evaluation, as the thesis's code did.
+    - ``none``: no normalisation.
+    """
+    if mode == "running":
+        return nn.BatchNorm2d(1)
+    if mode == "batch":
+        return nn.BatchNorm2d(1, track_running_stats=False)
+    if mode == "none":
+        return nn.Identity()
+    raise ModelConfigError(f"model.input_norm={mode!r} is not one of {INPUT_NORMS}")
+
+
+class ConvBlock(nn.Sequential):
+    """conv 3x3 -> ReLU -> 2x2 max-pool, with dropout after the pool or, as the author's code
+    had it for conv3 and conv4, between the ReLU and the pool (``before_pool``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, dropout_position: str = "after_pool"):
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        if dropout > 0 and dropout_position == "before_pool":
+            layers += [nn.Dropout(dropout), pool]
+        elif dropout > 0:
+            layers += [pool, nn.Dropout(dropout)]
+        else:
+            layers.append(pool)
+        super().__init__(*layers)
+
+
+class SegalConvNet(nn.Module):
+    """The thesis ConvNet for inputs of ``input_shape = (n_mels, frames)`` and ``num_classes`` classes.
+
+    ``dropout`` maps a site (conv1..conv4, fc after the ReLU) to a probability; sites left
+    out or at 0 get no dropout layer at all. ``dropout_position`` puts the conv sites'
+    dropout after the max-pool (``after_pool``) or between the ReLU and the pool
+    (``before_pool``, what the author's code did).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int],
+        num_classes: int,
+        channels: int = 64,
+        fc_units: int = 1024,
+        dropout: Mapping[str, float] | None = None,
+        input_norm: str = "running",
+        init: str = "pytorch",
+        dropout_position: str = "after_pool",
+    ):
+        super().__init__()
+        dropout = dict(dropout or {})
+        unknown = sorted(set(dropout) - set(DROPOUT_SITES))
+        if unknown:
+            raise ModelConfigError(
+                f"model.dropout has unknown layer(s) {unknown}; the layers are {list(DROPOUT_SITES)}"
+            )
+        for site, p in dropout.items():
+            if not 0.0 <= float(p) < 1.0:
+                raise ModelConfigError(f"model.dropout.{site}={p} must be in [0, 1)")
+        if dropout_position not in DROPOUT_POSITIONS:
+            raise ModelConfigError(f"model.dropout_position={dropout_position!r} is not one of {DROPOUT_POSITIONS}")
+        if init not in INITS:
+            raise ModelConfigError(f"model.init={init!r} is not one of {INITS}")
+        self.input_shape = tuple(input_shape)
+        self.norm = input_normalisation(input_norm)
+        in_channels = 1
+        blocks = {}
+        for site in DROPOUT_SITES[:4]:
+            blocks[site] = ConvBlock(in_channels, channels, float(dropout.get(site, 0.0)), dropout_position)
+            in_channels = channels
+        self.features = nn.Sequential(OrderedDict(blocks))
+        height, width = self.input_shape
+        for _ in range(4):
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+        self.num_features = channels * height * width
+        fc = [nn.Flatten(), nn.Linear(self.num_features, fc_units), nn.ReLU(inplace=True)]
+        if float(dropout.get("fc", 0.0)) > 0:
+            fc.append(nn.Dropout(float(dropout["fc"])))
+        self.fc = nn.Sequential(*fc)
+        self.classifier = nn.Linear(fc_units, num_classes)
+        if init == "thesis":
+            self.apply(_thesis_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        return self.classifier(self.fc(self.features(self.norm(x))))
+
+
+def _thesis_init(module: nn.Module) -> None:
+    """Weights ~ truncated normal (std 0.1, cut at 2 std, as TensorFlow's), biases 0.1."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.1, a=-0.2, b=0.2)
+        nn.init.constant_(module.bias, 0.1)

@@ -1,0 +1,300 @@
+"""The LightningModule: loss, optimiser and torchmetrics around the plain ConvNet."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from amir_pl.core.errors import AmirError
+from amir_pl.training import report
+
+# Epoch values are logged without sync_dist: they come from torchmetrics, whose compute() has
+# already synced them across ranks. Lightning's advice to add it (one more all-reduce) does not apply.
+warnings.filterwarnings(
+    "ignore",
+    message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
+    category=PossibleUserWarning,
+)
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Top-1 accuracy, per-class P/R/F1 and the confusion matrix (rows true, columns predicted).
+
+    No macro metrics here: ``report.with_macro_averages`` takes the mean of the per-class vectors,
+    since torchmetrics' ``average="macro"`` leaves out a class absent from targets and predictions.
+    """
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "precision": MulticlassPrecision(num_classes, average="none"),
+            "recall": MulticlassRecall(num_classes, average="none"),
+            "f1": MulticlassF1Score(num_classes, average="none"),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+def _plain(config):
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+# What a checkpoint's hyperparameters may build: hyperparameter -> (module, base class). A target
+# must be a class defined directly in that module; anything else would run code the file names.
+CHECKPOINT_TARGETS = {
+    "net": ("amir_pl.training.model", nn.Module),
+    "optimizer": ("torch.optim", torch.optim.Optimizer),
+    "scheduler": ("torch.optim.lr_scheduler", torch.optim.lr_scheduler.LRScheduler),
+}
+
+
+# Checkpoints written before the package had stage folders name the net as amir_pl.model.<Class>.
+MOVED_TARGETS = {"amir_pl.model.": "amir_pl.training.model."}
+
+
+def _current_target(target):
+    for old, new in MOVED_TARGETS.items():
+        if isinstance(target, str) and target.startswith(old):
+            return new + target.removeprefix(old)
+    return target
+
+
+def _allowed_target(key: str, target) -> bool:
+    target = _current_target(target)
+    if key not in CHECKPOINT_TARGETS or not isinstance(target, str):
+        return False
+    module_name, base = CHECKPOINT_TARGETS[key]
+    name = target.removeprefix(module_name + ".")
+    if name == target or not re.fullmatch(r"[A-Za-z_]\w*", name):
+        return False  # checked as text first: importing a module the file names would run its code
+    found = getattr(importlib.import_module(module_name), name, None)
+    return isinstance(found, type) and issubclass(found, base)
+
+
+def foreign_targets(hparams: Mapping) -> list[str]:
+    """``key._target_=value`` for every target in checkpoint hyperparameters that is not on
+    ``CHECKPOINT_TARGETS`` (nested ones included: Hydra would instantiate them too)."""
+    found = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, Mapping):
+            if "_target_" in node and not _allowed_target(path, node["_target_"]):
+                found.append(f"{path or '<root>'}._target_={node['_target_']}")
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(hparams, "")
+    return found
+
+
+class AmirModule(L.LightningModule):
+    """Trains and evaluates a classifier on mel clips.
+
+    ``net`` and ``optimizer`` are Hydra configs (``_target_`` mappings), kept in
+    the checkpoint's hyperparameters so that ``AmirModule.load_from_checkpoint``
+    rebuilds the net alone. ``class_names`` and ``features`` (the dataset file's
+    attributes) travel with it, so evaluation and prediction can check that a
+    dataset or an audio front end matches the model.
+    """
+
+    def __init__(
+        self,
+        net: Mapping,
+        optimizer: Mapping,
+        class_names: Sequence[str],
+        features: Mapping,
+        input_shape: Sequence[int],
+        loss_reduction: str = "mean",
+        scheduler: Mapping | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
+    ):
+        super().__init__()
+        if loss_reduction not in ("mean", "sum"):
+            raise AmirError(f"module.loss_reduction={loss_reduction!r} must be 'mean' or 'sum'")
+        net, optimizer, features, scheduler = map(_plain, (net, optimizer, features, scheduler))
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "class_names": list(class_names),
+                "features": dict(features),
+                "input_shape": list(input_shape),
+                "loss_reduction": loss_reduction,
+            }
+        )
+        # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
+        # loads the same whatever they were during training.
+        self.channels_last = channels_last
+        self.compile_mode = compile
+        self.class_names = list(class_names)
+        self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
+        num_classes = len(class_names)
+        # Training-step metrics must not wait for the GPU: the default NaN check and argument
+        # validation each read a value back to the host, stalling every step (seen on an H200).
+        # A NaN loss still shows: it propagates into train/loss.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_loss = MeanMetric()
+        self.val_metrics = classification_metrics(num_classes)
+        self.test_loss = MeanMetric()
+        self.test_metrics = classification_metrics(num_classes)
+        self.results: dict[str, dict] = {}  # stage -> computed metrics of the last epoch, on CPU
+        self.eval_split = "test"  # which split the test loop is scoring (named in logs and results)
+        self.trained_precision: str | None = None  # the trainer precision of a loaded checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the trainer precision, so amir-evaluate reproduces a bf16-mixed run's figures."""
+        checkpoint["amir_precision"] = str(self.trainer.precision)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_precision = checkpoint.get("amir_precision")
+
+    def configure_model(self) -> None:
+        """``channels_last`` (NHWC convolutions: faster with cuDNN and on CPUs) and ``compile``
+        (torch.compile of the net, in place: the state_dict keys do not change)."""
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_mode and not getattr(self, "_compiled", False):
+            mode = None if self.compile_mode is True else str(self.compile_mode)
+            self.net.compile(mode=mode)
+            self._compiled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())
+
+    def _step(self, batch):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
+        return logits, y, loss
+
+    def training_step(self, batch, batch_idx):
+        logits, y, loss = self._step(batch)
+        mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
+        # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
+        self.train_loss.update(mean_loss.expand(len(y)))
+        self.train_accuracy.update(logits.detach(), y)
+        # Not on the progress bar: Lightning turns progress-bar values into Python numbers after every
+        # step, bar shown or not, and on a GPU each such read waits for the step to finish.
+        self.log("train/loss_step", loss.detach(), batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self):
+        # Synced by torchmetrics' compute(): no sync_dist (see _end_eval_epoch).
+        self.log("train/loss", self.train_loss.compute())
+        self.log("train/top1_error", 1 - self.train_accuracy.compute())
+        self.train_loss.reset()
+        self.train_accuracy.reset()
+
+    def _eval_step(self, batch, loss_metric, metrics):
+        if not len(batch[1]):  # an empty shard (more ranks than clips): nothing to score on this rank
+            return
+        logits, y, loss = self._step(batch)
+        mean_loss = loss / len(y) if self.hparams.loss_reduction == "sum" else loss
+        loss_metric.update(mean_loss, len(y))
+        metrics.update(logits, y)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_loss, self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_loss, self.test_metrics)
+
+    def _end_eval_epoch(self, prefix: str, stage: str, loss_metric, metrics):
+        # compute() syncs the metric states across ranks: every clip counted once, the same values on
+        # every rank. So they are logged as they are, on the device and without sync_dist: a CPU copy
+        # with sync_dist would go through one more all-reduce, which NCCL refuses for CPU tensors.
+        values = report.with_macro_averages(metrics.compute())
+        values["loss"] = loss_metric.compute()
+        loss_metric.reset()
+        metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        scalars = {
+            f"{prefix}/loss": values["loss"],
+            f"{prefix}/top1_error": 1 - values["accuracy"],
+            f"{prefix}/f1_macro": values["f1_macro"],
+        }
+        self.log_dict(scalars, prog_bar=True)
+        values = {name: value.cpu() for name, value in values.items()}  # for reports only
+        self.results[stage] = values
+        if self.trainer.is_global_zero:
+            report.log_to_tensorboard(self.loggers, prefix, values, self.class_names, self.global_step)
+
+    def on_validation_epoch_end(self):
+        self._end_eval_epoch("val", "val", self.val_loss, self.val_metrics)
+
+    def on_test_epoch_end(self):
+        prefix = "test" if self.eval_split == "test" else f"eval_{self.eval_split}"
+        self._end_eval_epoch(prefix, self.eval_split, self.test_loss, self.test_metrics)
+
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _unreadable(path: Path, error: Exception) -> AmirError:
+    if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a Python object
+        return AmirError(
+            f"ckpt_path={path}: holds Python objects beyond tensors and plain containers, which amir-pl "
+            "does not unpickle (it runs no code from a checkpoint); use one written by amir-train"
+        )
+    return AmirError(f"ckpt_path={path}: not a readable amir-pl checkpoint ({type(error).__name__}: {error})")
+
+
+def load_checkpoint(path: str | Path) -> AmirModule:
+    """Rebuild the trained module from a checkpoint written by amir-train, running no code from it.
+
+    ``torch.load(weights_only=True)`` unpickles only tensors and plain containers, and the net and
+    optimizer are built only from the classes ``CHECKPOINT_TARGETS`` allows (checked before building).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AmirError(f"ckpt_path={path}: no such file; point it at a .ckpt in a run's checkpoints/ folder")
+    try:
+        # mmap: the weights are not read here, only the hyperparameters are looked at
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        foreign = foreign_targets(checkpoint["hyper_parameters"])
+    except Exception as error:  # a truncated file, another project's checkpoint, ...
+        raise _unreadable(path, error) from None
+    if foreign:
+        allowed = ", ".join(f"{key}: {module}.*" for key, (module, _) in CHECKPOINT_TARGETS.items())
+        raise AmirError(
+            f"ckpt_path={path}: refusing to build {'; '.join(foreign)}: a checkpoint may only name "
+            f"amir-pl's own classes ({allowed}); use a checkpoint written by amir-train"
+        )
+    net = checkpoint["hyper_parameters"].get("net")
+    moved = {}
+    if isinstance(net, Mapping) and _current_target(net.get("_target_")) != net.get("_target_"):
+        moved["net"] = {**net, "_target_": _current_target(net["_target_"])}
+    try:
+        return AmirModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **moved)
+    except Exception as error:
+        raise _unreadable(path, error) from None

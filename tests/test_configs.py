@@ -1,0 +1,53 @@
+"""Every app's config composes from the packaged configs, and its nodes build what the library takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from amir_pl.core.labels import CLASS_NAMES
+from amir_pl.features.params import FeatureParams
+from amir_pl.training.model import SegalConvNet
+
+APPS = ["train", "evaluate", "prepare", "synth", "baseline", "predict", "export", "bench"]
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_every_app_config_composes_and_resolves(compose_cfg, name):
+    cfg = compose_cfg(name)
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert plain["task_name"] == name
+
+
+def test_the_features_node_builds_the_thesis_parameters_by_default(compose_cfg):
+    assert instantiate(compose_cfg("prepare").features) == FeatureParams()
+
+
+def test_feature_options_are_set_in_seconds_and_checked_by_the_schema(compose_cfg):
+    cfg = compose_cfg("prepare", ["features.clip_seconds=0.75", "features.n_mels=32", "features.scale=db"])
+    features = instantiate(cfg.features)
+    assert (features.clip_samples, features.n_mels, features.scale, features.f_max) == (16538, 32, "db", 11025.0)
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_cfg("prepare", ["features.scale=loud"])
+    assert "features.scale" in str(refused.value.__cause__) and "power" in str(refused.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("prepare", ["features.n_mels=many"])
+
+
+@pytest.mark.parametrize("name", ["prepare", "synth"])
+def test_the_class_list_comes_from_labels(compose_cfg, name):
+    assert list(compose_cfg(name).classes) == list(CLASS_NAMES)
+    assert list(compose_cfg(name, ["classes=[piano,gac]"]).classes) == ["piano", "gac"]
+
+
+@pytest.mark.parametrize("model", ["paper", "paper_as_run"])
+def test_model_configs_build_the_net(model):
+    with initialize_config_module(config_module="amir_pl.conf", version_base="1.3"):
+        cfg = compose("train", [f"model={model}", "data.path=unused.h5"])
+    net = instantiate(cfg.model, num_classes=12, input_shape=(128, 130))
+    assert isinstance(net, SegalConvNet)
+    assert net(torch.zeros(2, 1, 128, 130)).shape == (2, 12)
