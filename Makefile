@@ -31,8 +31,8 @@ system-packages:
 
 # Formatting and lint (config in pyproject.toml); the layering check runs inside the tests (import-linter).
 lint: install
-	$(BIN)/ruff format --check amir_pl tests
-	$(BIN)/ruff check amir_pl tests
+	$(BIN)/ruff format --check amir_pl conf tests
+	$(BIN)/ruff check amir_pl conf tests
 
 test: system-packages install lint
 	$(BIN)/python -m pytest -q

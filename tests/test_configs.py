@@ -51,3 +51,21 @@ def test_model_configs_build_the_net(model):
     net = instantiate(cfg.model, num_classes=12, input_shape=(128, 130))
     assert isinstance(net, SegalConvNet)
     assert net(torch.zeros(2, 1, 128, 130)).shape == (2, 12)
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "choices"),
+    [
+        ("prepare", "dtype=float8", "float16, float32"),
+        ("synth", "renderer=magic", "auto, fluidsynth, tinysoundfont"),
+        ("predict", "aggregation=max", "mean, vote, han"),
+        ("export", "format=onnx", "torch_export, torchscript"),
+        ("baseline", "classifier=knn", "svm, logreg"),
+        ("prepare", "num_workers=two", "Integer"),
+    ],
+)
+def test_app_options_are_checked_while_composing(compose_cfg, name, override, choices):
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_cfg(name, [override])
+    message = str(refused.value.__cause__)
+    assert override.split("=")[0] in message and choices in message

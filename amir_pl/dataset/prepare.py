@@ -163,8 +163,6 @@ def prepare(cfg: DictConfig) -> dict:
     source, output = Path(cfg.source).expanduser().resolve(), Path(cfg.output).expanduser()
     if output.exists() and not cfg.overwrite:
         raise AmirError(f"output={output} exists; add overwrite=true to replace it")
-    if cfg.dtype not in ("float16", "float32"):
-        raise AmirError(f"dtype={cfg.dtype!r}: expected float16 or float32")
     features: FeatureParams = instantiate(cfg.features)
     clip_seconds = features.clip_samples / features.sample_rate
     class_names = [canonical_name(name) for name in cfg.classes]

@@ -8,9 +8,7 @@ the config schema takes its defaults from there, so they are written down once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from enum import Enum
-
-from hydra.core.config_store import ConfigStore
+from enum import StrEnum
 
 from amir_pl.core.errors import AmirError
 
@@ -53,12 +51,12 @@ FEATURE_ATTRS = tuple(f.name for f in fields(FeatureParams))
 THESIS = FeatureParams()
 
 
-class Scale(Enum):
+class Scale(StrEnum):
     power = "power"  # linear mel power, what the thesis's code fed the net
     db = "db"  # 10 log10, floored 80 dB under each clip's peak (librosa.power_to_db)
 
 
-class MelScale(Enum):
+class MelScale(StrEnum):
     slaney = "slaney"
     htk = "htk"
 
@@ -78,9 +76,6 @@ class FeatureConfig:
     power: float = THESIS.power
     scale: Scale = Scale(THESIS.scale)
     mel_scale: MelScale = MelScale(THESIS.mel_scale)
-
-
-ConfigStore.instance().store(group="features", name="schema", node=FeatureConfig)
 
 
 def feature_params(

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from amir_pl.core.errors import AmirError
 from amir_pl.core.files import atomic_write
 from amir_pl.features.audio import RESAMPLING, MelFrontEnd
 from amir_pl.features.params import FeatureParams, silence_gate
@@ -55,8 +54,6 @@ def export(cfg: DictConfig) -> Path:
     clip_samples = metadata["features"]["clip_samples"]
     example = torch.zeros(2, clip_samples)
     suffix = {"torch_export": ".pt2", "torchscript": ".ts"}
-    if cfg.format not in suffix:
-        raise AmirError(f"format={cfg.format!r}: expected torch_export or torchscript")
     output = Path(cfg.output or Path(cfg.paths.output_dir) / f"model{suffix[cfg.format]}")
     output.parent.mkdir(parents=True, exist_ok=True)
     extra = {"metadata.json": json.dumps(metadata, indent=2)}

@@ -24,9 +24,10 @@ from amir_pl.core.errors import AmirError
 from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, clip_count, probe
 from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
+from amir_pl.inference.config import Aggregation
 from amir_pl.training.module import load_checkpoint
 
-AGGREGATIONS = ("mean", "vote", "han")
+AGGREGATIONS = tuple(rule.value for rule in Aggregation)
 
 
 def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
@@ -109,8 +110,6 @@ def predict(cfg: DictConfig) -> list[dict]:
         )
     features = FeatureParams.from_mapping(stored)
     class_names = list(module.hparams["class_names"])
-    if cfg.aggregation not in AGGREGATIONS:
-        raise AmirError(f"aggregation={cfg.aggregation!r}: expected one of {AGGREGATIONS}")
     hop = round(float(cfg.hop_seconds) * features.sample_rate)
     if hop <= 0:
         raise AmirError(f"hop_seconds={cfg.hop_seconds}: must be positive")

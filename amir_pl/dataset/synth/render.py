@@ -1,7 +1,7 @@
 """The built-in dataset (amir-synth): solo phrases rendered offline from General MIDI soundfonts.
 
     amir-synth output=data/synth clips_per_class=150
-    amir-synth output=data/synth_b seed=2 splits='{test: {fonts: [FluidR3, MuseScore], fraction: 1}}'
+    amir-synth output=data/synth_b seed=2 '~splits.train' '~splits.val' 'splits.test.fonts=[FluidR3,MuseScore]'
 
 Writes ``<output>/<split>/<class>/<class>-<split>-<index>.flac`` (22,050 Hz mono,
 peak-normalised), the class-per-folder layout that ``amir-prepare`` reads, and

@@ -1,0 +1,81 @@
+"""The schemas of amir-prepare's and amir-synth's configs: types and choices, checked by OmegaConf
+while Hydra composes (``dtype=float8`` is refused there, naming the option and the choices).
+The values and their comments are in conf/prepare.yaml and conf/synth.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from omegaconf import MISSING
+
+from amir_pl.features.params import FeatureConfig
+
+
+class Dtype(StrEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+@dataclass
+class PrepareConfig:
+    task_name: str = MISSING
+    source: str = MISSING
+    output: str = MISSING
+    overwrite: bool = MISSING
+    classes: list[str] = MISSING
+    split_fractions: dict[str, float] = MISSING
+    balance: bool = MISSING
+    seed: int = MISSING
+    num_workers: int = MISSING
+    clips_per_task: int = MISSING
+    block_clips: int = MISSING
+    progress: bool = MISSING
+    rms_threshold: float = MISSING
+    dtype: Dtype = MISSING
+    chunk_clips: int = MISSING
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    paths: Any = MISSING
+
+
+class Renderer(StrEnum):
+    auto = "auto"  # fluidsynth if present, else tinysoundfont
+    fluidsynth = "fluidsynth"
+    tinysoundfont = "tinysoundfont"
+
+
+@dataclass
+class Soundfont:
+    path: str = MISSING
+    package: str = MISSING  # the Debian package that installs it
+
+
+@dataclass
+class SynthSplit:
+    fonts: list[str] = MISSING
+    fraction: float = MISSING
+
+
+@dataclass
+class SynthConfig:
+    task_name: str = MISSING
+    output: str = MISSING
+    overwrite: bool = MISSING
+    clips_per_class: int = MISSING
+    classes: list[str] = MISSING
+    seed: int = MISSING
+    num_workers: int = MISSING
+    renderer: Renderer = MISSING
+    allow_fallback_font: bool = MISSING
+    progress: bool = MISSING
+    sample_rate: int = MISSING
+    clip_seconds: float = MISSING
+    effects_probability: float = MISSING
+    noise_probability: float = MISSING
+    noise_snr_db: list[float] = MISSING
+    peak_range: list[float] = MISSING
+    min_rms: float = MISSING
+    fonts: dict[str, Soundfont] = MISSING
+    splits: dict[str, SynthSplit] = MISSING
+    paths: Any = MISSING

@@ -1,0 +1,48 @@
+"""The schemas of amir-predict's and amir-export's configs: types and choices, checked by OmegaConf
+while Hydra composes. The values and their comments are in conf/predict.yaml and conf/export.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class Aggregation(StrEnum):
+    mean = "mean"  # the mean of the window softmaxes
+    vote = "vote"  # the share of windows whose top class it is
+    han = "han"  # the sum of the softmaxes divided by its maximum (Han et al., 2016)
+
+
+@dataclass
+class PredictConfig:
+    task_name: str = MISSING
+    ckpt_path: str = MISSING
+    inputs: Any = MISSING  # a file or folder, or a list of them
+    hop_seconds: float = MISSING
+    aggregation: Aggregation = MISSING
+    top_k: int = MISSING
+    timeline: bool = MISSING
+    rms_threshold: float | None = MISSING
+    batch_size: Any = MISSING  # a number of windows, or "auto"
+    num_workers: int = MISSING
+    windows_per_task: int = MISSING
+    device: str = MISSING  # auto | cpu | cuda | cuda:<index>
+    paths: Any = MISSING
+
+
+class ExportFormat(StrEnum):
+    torch_export = "torch_export"  # .pt2, torch.export
+    torchscript = "torchscript"  # .ts, traced
+
+
+@dataclass
+class ExportConfig:
+    task_name: str = MISSING
+    ckpt_path: str = MISSING
+    format: ExportFormat = MISSING
+    output: str | None = MISSING
+    rms_threshold: float | None = MISSING
+    paths: Any = MISSING
