@@ -46,7 +46,7 @@ quickstart: system-packages install
 	$(BIN)/amir-prepare source=$(DATA)/quickstart output=$(DATA)/quickstart.h5 overwrite=true
 	$(BIN)/amir-train data.path=$(DATA)/quickstart.h5 experiment=quickstart
 
-# The README's results table: (a) held-out soundfonts, (b) new phrases from the training fonts.
+# The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.
 # ConvNet: both dropout placements on the thesis's linear power features, and `paper` on dB features
 # (the scaling the MFCC baseline reads), so the table separates the model from the scaling.
 results: system-packages install
@@ -69,7 +69,7 @@ results-train: install
 	done
 	$(BIN)/amir-baseline data.path=$(DATA)/quickstart_power.h5 also_evaluate=[$(DATA)/quickstart_b_power.h5] task_name=results_baseline
 
-# The larger built-in set on a CPU (README, "A larger set"): 400 clips per class, ~1 h on 2 cores.
+# The larger built-in set on a CPU (docs/results.md, "A larger set"): 400 clips per class, ~1 h on 2 cores.
 results-medium: system-packages install
 	$(BIN)/amir-synth output=$(DATA)/medium clips_per_class=400 overwrite=true
 	$(BIN)/amir-prepare source=$(DATA)/medium output=$(DATA)/medium.h5 overwrite=true

@@ -33,12 +33,6 @@ echo "== GPU tests"
 # (test_train.py holds the NCCL DDP fit + test: trainer=ddp trainer.devices=1, a subprocess)
 timeout 300 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/test_train.py 2>&1 | tee "$OUT/gpu_tests.log"
 
-if [ -d .gpu_old/amir_pl ]; then  # an earlier version (git archive of a commit) on the same card, for before/after
-  echo "== bench: overhead, earlier version"
-  PYTHONPATH=${PYTHONPATH/$PWD/$PWD/.gpu_old} timeout 90 $PY -m amir_pl.apps.bench 'benches=[overhead]' overhead.steps=300 \
-    hydra.run.dir=/tmp/overhead_old 2>&1 | grep -E "^overhead" | tee "$OUT/overhead_old.log"
-fi
-
 echo "== bench: overhead${BENCH_PREDICT:+, predict}, train (batch 64)"
 timeout 300 $PY -m amir_pl.apps.bench "benches=[overhead${BENCH_PREDICT:+,predict},train]" overhead.steps=300 \
   predict.num_workers=4 predict.batch_size=256 train.clips="$TRAIN_CLIPS" train.num_workers="$WORKERS" \

@@ -145,3 +145,15 @@ def test_batch_size_auto_fits_the_first_layer_in_the_cpu_cache(tmp_path):
     for bad in (0, -2, "big", 2.5, True):
         with pytest.raises(AmirError, match="batch_size"):
             _batch_size(bad, cpu, window, None)
+
+
+def test_a_file_that_fails_part_way_keeps_the_windows_read_before_the_failure(compose_cfg, checkpoint, tmp_path):
+    path = write_tone(tmp_path / "broken.flac", 60, 44100, 440.0)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 20000] = bytes(20000)  # FLAC frames zeroed near 30 s: the decoder loses sync there
+    path.write_bytes(bytes(data))
+    (row,) = run_predict(compose_cfg, checkpoint, str(path))
+    assert row["status"] == "ok" and "decoding failed" in row["error"]
+    # windows every 1.5 s are read in blocks of 16: the first block (0-25.5 s) is whole, the next one fails
+    assert row["windows_used"] + row["silent_windows"] == 16 and row["top1"]

@@ -30,6 +30,7 @@ Results go to stdout and to ``bench.json`` in the run directory. Tests never tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import statistics
@@ -168,9 +169,9 @@ def _synchronize():
         torch.cuda.synchronize()
 
 
-def _bare_round(module_args: dict, batches: list, warmup: int, device) -> float:
-    """Steps/s of a bare PyTorch loop: the same net, loss and optimiser, no Lightning."""
-    net = AmirModule(**module_args).net.to(device).train()
+def _timed_steps(net: torch.nn.Module, batches, warmup: int, device, autocast=None) -> float:
+    """Seconds taken by the bare training steps (Adam, cross-entropy) after the first ``warmup``,
+    waiting for the GPU only at the two ends of the timed window."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -178,29 +179,40 @@ def _bare_round(module_args: dict, batches: list, warmup: int, device) -> float:
             _synchronize()
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x.float()), y)
+        with autocast or contextlib.nullcontext():
+            loss = F.cross_entropy(net(x.float()), y)
         loss.backward()
         optimizer.step()
     _synchronize()
-    return (len(batches) - warmup) / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def _lightning_round(module_args: dict, batches: list, warmup: int) -> float:
-    """Steps/s of ``Trainer.fit`` over the same batches."""
-    timer = _WindowTimer(warmup, len(batches) - 1)
-    trainer = L.Trainer(
+def _bare_round(module: AmirModule, batches: list, warmup: int, device) -> float:
+    """Steps/s of a bare PyTorch loop: the same net, loss and optimiser, no Lightning."""
+    return (len(batches) - warmup) / _timed_steps(module.net.to(device).train(), batches, warmup, device)
+
+
+def _timing_trainer(callback: L.Callback, **options) -> L.Trainer:
+    """A Trainer that only trains, on one device: no validation, loggers, checkpoints or progress bar."""
+    return L.Trainer(
         accelerator="auto",
         devices=1,
-        max_epochs=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=[callback],
         use_distributed_sampler=False,
+        **options,
     )
-    trainer.fit(AmirModule(**module_args), train_dataloaders=_Batches(batches))
+
+
+def _lightning_round(module: AmirModule, batches: list, warmup: int) -> float:
+    """Steps/s of ``Trainer.fit`` over the same batches."""
+    timer = _WindowTimer(warmup, len(batches) - 1)
+    trainer = _timing_trainer(timer, max_epochs=1)
+    trainer.fit(module, train_dataloaders=_Batches(batches))
     return (len(batches) - warmup) / (timer.end - timer.start)
 
 
@@ -223,21 +235,14 @@ def bench_overhead(cfg: DictConfig, model_cfg: DictConfig) -> dict:
     batches = [
         (torch.randn(cfg.batch_size, *shape).half(), torch.randint(0, 12, (cfg.batch_size,))) for _ in range(cfg.steps)
     ]
-    module_args = dict(
-        net=model_cfg,
-        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
-        class_names=[str(i) for i in range(12)],
-        features={},
-        input_shape=shape,
-    )
     bare, lightning = [], []
     for index in range(rounds):
         bare_first = index % 2 == 0
         if bare_first:
-            bare.append(_bare_round(module_args, batches, cfg.warmup, device))
-        lightning.append(_lightning_round(module_args, batches, cfg.warmup))
+            bare.append(_bare_round(_module(model_cfg, shape, {}), batches, cfg.warmup, device))
+        lightning.append(_lightning_round(_module(model_cfg, shape, {}), batches, cfg.warmup))
         if not bare_first:
-            bare.append(_bare_round(module_args, batches, cfg.warmup, device))
+            bare.append(_bare_round(_module(model_cfg, shape, {}), batches, cfg.warmup, device))
         order = "bare then lightning" if bare_first else "lightning then bare"
         print(
             f"overhead: round {index + 1}/{rounds} ({order}): bare {bare[-1]:.3f}, "
@@ -296,25 +301,13 @@ def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, opt
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = _module(model_cfg, shape, options).to(device)
     module.configure_model()
-    net = module.net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.randn(batch_size, 1, *shape, device=device)
     y = torch.randint(0, 12, (batch_size,), device=device)
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=str(options.get("precision", "32")).startswith("bf16")
     )
     warmup = max(3, steps // 5)
-    for step in range(warmup + steps):
-        if step == warmup:
-            _synchronize()
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-    _synchronize()
-    return steps * batch_size / (time.perf_counter() - start)
+    return steps * batch_size / _timed_steps(module.net.train(), [(x, y)] * (warmup + steps), warmup, device, autocast)
 
 
 def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[dict]:
@@ -337,19 +330,11 @@ def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[
                 persistent_workers=True,
             )
             timer = _EpochTimer()
-            trainer = L.Trainer(
-                accelerator="auto",
-                devices=1,
+            trainer = _timing_trainer(
+                timer,
                 max_epochs=cfg.epochs,
                 precision=options.get("precision", "32-true"),
                 benchmark=options.get("benchmark", False),
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-                callbacks=[timer],
-                use_distributed_sampler=False,
             )
             trainer.fit(_module(model_cfg, shape, options), datamodule=datamodule)
             end_to_end = timer.samples / timer.seconds
@@ -498,7 +483,6 @@ def _write_recordings(root: Path, files: int, seconds: float, label: str = "pian
 
 def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dict:
     """amir-predict on an untrained thesis ConvNet (speed does not depend on the weights)."""
-    import contextlib
     import io
 
     import lightning

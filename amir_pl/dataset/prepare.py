@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from amir_pl.dataset.schema import SPLITS, DatasetWriter, shuffle_rows
 from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, clip_count, probe
 from amir_pl.features.params import FeatureParams
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,7 +161,7 @@ def prepare(cfg: DictConfig) -> dict:
     if output.exists() and not cfg.overwrite:
         raise AmirError(f"output={output} exists; add overwrite=true to replace it")
     features: FeatureParams = instantiate(cfg.features)
-    clip_seconds = features.clip_samples / features.sample_rate
+    clip_seconds = cfg.features.clip_seconds
     class_names = [canonical_name(name) for name in cfg.classes]
     if len(set(class_names)) != len(class_names):
         raise AmirError(f"classes={list(cfg.classes)} names a class twice")
@@ -198,7 +195,7 @@ def prepare(cfg: DictConfig) -> dict:
             skipped.append(
                 {
                     "file": recording.source,
-                    "reason": f"shorter than one clip ({info.seconds:.2f} s < {clip_seconds:g} s)",
+                    "reason": f"shorter than one clip ({info.seconds:.2f} s < {clip_seconds} s)",
                 }
             )
             continue
@@ -207,10 +204,10 @@ def prepare(cfg: DictConfig) -> dict:
     if not usable:
         raise AmirError(
             f"source={source}: none of the {len(recordings)} audio files is readable and at least "
-            f"{clip_seconds:g} s long; see the skipped files: {skipped[:5]}"
+            f"{clip_seconds} s long; see the skipped files: {skipped[:5]}"
         )
     recordings = assign_splits(usable, dict(cfg.split_fractions), cfg.seed)
-    settings = ClipSettings(features, float(cfg.rms_threshold), dtype=cfg.dtype, block_clips=cfg.block_clips)
+    settings = ClipSettings(features, float(cfg.rms_threshold), dtype=str(cfg.dtype), block_clips=cfg.block_clips)
     tasks = make_tasks(enumerate(probed), settings, cfg.clips_per_task)
 
     label_index = {name: i for i, name in enumerate(class_names)}
@@ -221,7 +218,7 @@ def prepare(cfg: DictConfig) -> dict:
     staging = output.with_name(f".{output.name}.unshuffled")
     total_clips = sum(t.count for t in tasks)
     with DatasetWriter(
-        staging, class_names, features, dtype=cfg.dtype, chunk_clips=cfg.chunk_clips, overwrite=True
+        staging, class_names, features, dtype=str(cfg.dtype), chunk_clips=cfg.chunk_clips, overwrite=True
     ) as writer:
         bar = tqdm(total=total_clips, unit="clip", desc="amir-prepare", disable=not cfg.progress, dynamic_ncols=True)
         files_done = 0

@@ -36,7 +36,6 @@ class ClipSettings:
 class ClipTask:
     """Clips ``first .. first + count`` of one file."""
 
-    index: int  # position in the task list
     file_index: int
     info: AudioInfo
     first: int
@@ -67,7 +66,7 @@ def make_tasks(files: Iterable[tuple[int, AudioInfo]], settings: ClipSettings, c
     for file_index, info in files:
         total = clip_count(info, settings.features, settings.hop_samples) or (1 if settings.pad_short else 0)
         for first in range(0, total, clips_per_task):
-            tasks.append(ClipTask(len(tasks), file_index, info, first, min(clips_per_task, total - first), total))
+            tasks.append(ClipTask(file_index, info, first, min(clips_per_task, total - first), total))
     return tasks
 
 

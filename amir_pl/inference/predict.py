@@ -210,7 +210,7 @@ def _row(result: FileResult, class_names, cfg) -> dict:
         row["top1"] = class_names[order[0]]
         row["top1_score"] = round(float(scores[order[0]]), 4)
         row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
-        row["aggregation"] = cfg.aggregation
+        row["aggregation"] = str(cfg.aggregation)
         row["scores"] = {
             rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
         }

@@ -55,7 +55,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 
 
 def _plain(config):
-    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    return OmegaConf.to_container(config, resolve=True, enum_to_str=True) if isinstance(config, DictConfig) else config
 
 
 # What a checkpoint's hyperparameters may build: hyperparameter -> (module, base class). A target

@@ -105,7 +105,6 @@ def write_reports(
     def confusion_png(tmp):
         figure = plot_confusion_matrices({split: s["confusion_matrix"] for split, s in summaries.items()}, class_names)
         figure.savefig(tmp, format="png", dpi=120)
-        _pyplot().close(figure)
 
     for path, write in zip(paths, (metrics_json, per_class_csv, confusion_csv, confusion_png)):
         atomic_write(path, write)
@@ -120,23 +119,18 @@ def publish(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], class_
     print(f"reports: {run_dir}")
 
 
-def _pyplot():
-    """matplotlib, imported when a report is drawn (not when the model or a checkpoint is loaded),
-    drawing off-screen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], class_names: Sequence[str]):
-    """One panel per split: counts in cells, class names on both axes, rows true, columns predicted."""
-    plt = _pyplot()
+    """One panel per split: counts in cells, class names on both axes, rows true, columns predicted.
+
+    A bare matplotlib ``Figure``: no pyplot, so no global backend is chosen or switched (importing
+    this module does not import matplotlib) and nothing needs closing.
+    """
+    from matplotlib.figure import Figure
+
     n = len(class_names)
     size = 1.6 + 0.45 * n
-    figure, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size), squeeze=False)
+    figure = Figure(figsize=(size * len(matrices), size))
+    axes = figure.subplots(1, len(matrices), squeeze=False)
     for axis, (split, matrix) in zip(axes[0], matrices.items()):
         counts = torch.as_tensor(matrix)
         axis.imshow(counts, cmap="Blues")
@@ -194,4 +188,3 @@ def log_to_tensorboard(loggers, prefix: str, values: Mapping, class_names: Seque
     for logger in boards:
         logger.experiment.add_figure(f"{prefix}/confusion_matrix", figure, global_step=step, close=False)
         logger.experiment.add_text(f"{prefix}/per_class", per_class_markdown(summary), global_step=step)
-    _pyplot().close(figure)

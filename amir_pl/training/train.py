@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     check_launch(trainer)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     with warnings.catch_warnings():
         # H5DataModule.state_dict restores the position inside the epoch: the warning does not apply.
         warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable")
