@@ -70,13 +70,13 @@ def audio_tree(tmp_path_factory):
     return root
 
 
-def run_prepare(compose_cfg, source, output, *overrides):
+def run_prepare(compose_cfg, source, output, *overrides, classes=CLASSES):
     cfg = compose_cfg(
         "prepare",
         [
             f"source={source}",
             f"output={output}",
-            f"classes=[{','.join(CLASSES)}]",
+            f"classes=[{','.join(classes)}]",
             "progress=false",
             "num_workers=1",
             *overrides,

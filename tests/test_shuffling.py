@@ -11,9 +11,8 @@ import pytest
 import soundfile as sf
 from conftest import FAST, TINY_CLASSES, TINY_FEATURES
 from lightning.fabric.utilities.data import _set_sampler_epoch
-from test_prepare import write_tone
+from test_prepare import run_prepare, write_tone
 
-from amir_pl.dataset.prepare import prepare
 from amir_pl.dataset.schema import DatasetWriter, read_info, write_synthetic
 from amir_pl.features.params import FeatureParams, silence_gate
 from amir_pl.inference.export import build
@@ -37,20 +36,9 @@ def class_ordered_source(tmp_path_factory):
 
 
 def _prepare(compose_cfg, source, output, *overrides):
-    cfg = compose_cfg(
-        "prepare",
-        [
-            f"source={source}",
-            f"output={output}",
-            f"classes=[{','.join(CLASSES)}]",
-            "progress=false",
-            "num_workers=1",
-            "split_fractions={train: 1, val: 0, test: 0}",
-            *CLIP,
-            *overrides,
-        ],
+    return run_prepare(
+        compose_cfg, source, output, "split_fractions={train: 1, val: 0, test: 0}", *CLIP, *overrides, classes=CLASSES
     )
-    return prepare(cfg)
 
 
 def _distinct(labels: np.ndarray) -> float:
