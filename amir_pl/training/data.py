@@ -346,6 +346,11 @@ class H5DataModule(L.LightningDataModule):
     def has_split(self, split: str) -> bool:
         return bool(self.info.splits.get(split))
 
+    def first_clips(self, split: str, count: int) -> torch.Tensor:
+        """The split's first ``count`` clips: a random sample, since a split's rows are in random order."""
+        with h5py.File(self.path, "r") as f:
+            return torch.from_numpy(f[split]["x"][: min(count, len(f[split]["x"]))]).float()
+
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:

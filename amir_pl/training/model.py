@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
+import torchaudio
 from torch import nn
 
 from amir_pl.core.errors import AmirError
@@ -23,7 +24,8 @@ class ModelConfigError(AmirError, ValueError):
 
 
 DROPOUT_SITES = ("conv1", "conv2", "conv3", "conv4", "fc")
-INPUT_NORMS = ("running", "batch", "none")
+INPUT_NORMS = ("running", "batch", "band", "none")
+COMPRESSIONS = ("none", "db")
 INITS = ("thesis", "pytorch")
 DROPOUT_POSITIONS = ("after_pool", "before_pool")
 
@@ -37,15 +39,46 @@ def input_normalisation(mode: str) -> nn.Module:
     - ``running``: batch statistics in training, running averages in evaluation, so
       a clip's prediction does not depend on the rest of its batch (the default).
     - ``batch``: batch statistics in training and evaluation, as the thesis's code did.
+    - ``band``: each mel band standardised by its mean and deviation over the training split
+      (``BandNorm``; fitted before training, saved in the checkpoint).
     - ``none``: no normalisation.
     """
     if mode == "running":
         return nn.BatchNorm2d(1)
     if mode == "batch":
         return nn.BatchNorm2d(1, track_running_stats=False)
+    if mode == "band":
+        return BandNorm()
     if mode == "none":
         return nn.Identity()
     raise ModelConfigError(f"model.input_norm={mode!r} is not one of {INPUT_NORMS}")
+
+
+class BandNorm(nn.Module):
+    """Per-mel-band standardisation with statistics of the training split, kept as buffers, so the
+    checkpoint carries them to amir-evaluate, amir-predict and amir-export."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("std", torch.ones(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("mean", "std"):  # sized by the checkpoint (the number of mel bands)
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """``x``: (clips, 1, n_mels, frames), as this module will see them."""
+        self.mean = x.mean(dim=(0, 1, 3)).to(self.mean.device)
+        self.std = x.std(dim=(0, 1, 3)).clamp_min(1e-5).to(self.std.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean.numel() == 0:
+            raise AmirError("model.input_norm=band: the band statistics were never fitted (fit_input_statistics)")
+        return (x - self.mean[:, None]) / self.std[:, None]
 
 
 class ConvBlock(nn.Sequential):
@@ -83,6 +116,7 @@ class SegalConvNet(nn.Module):
         input_norm: str = "running",
         init: str = "pytorch",
         dropout_position: str = "after_pool",
+        compression: str = "none",
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -98,7 +132,11 @@ class SegalConvNet(nn.Module):
             raise ModelConfigError(f"model.dropout_position={dropout_position!r} is not one of {DROPOUT_POSITIONS}")
         if init not in INITS:
             raise ModelConfigError(f"model.init={init!r} is not one of {INITS}")
+        if compression not in COMPRESSIONS:
+            raise ModelConfigError(f"model.compression={compression!r} is not one of {COMPRESSIONS}")
         self.input_shape = tuple(input_shape)
+        # db: 10 log10 of the power mels (torchaudio's AmplitudeToDB), for a dataset of linear power
+        self.compress = torchaudio.transforms.AmplitudeToDB("power") if compression == "db" else nn.Identity()
         self.norm = input_normalisation(input_norm)
         in_channels = 1
         blocks = {}
@@ -118,11 +156,19 @@ class SegalConvNet(nn.Module):
         if init == "thesis":
             self.apply(_thesis_init)
 
+    def fit_input_statistics(self, x: torch.Tensor) -> bool:
+        """Fit the per-band statistics (``input_norm=band``) on training clips (clips, n_mels, frames);
+        False when the net has none to fit."""
+        if not isinstance(self.norm, BandNorm):
+            return False
+        self.norm.fit(self.compress(x.float().unsqueeze(1)))
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        return self.classifier(self.fc(self.features(self.norm(x))))
+        return self.classifier(self.fc(self.features(self.norm(self.compress(x)))))
 
 
 def _thesis_init(module: nn.Module) -> None:

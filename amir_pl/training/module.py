@@ -35,6 +35,8 @@ warnings.filterwarnings(
     message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
     category=PossibleUserWarning,
 )
+# The module augments training batches in on_after_batch_transfer; the DataModule has no such hook.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -62,6 +64,7 @@ def _plain(config):
 # must be a class defined directly in that module; anything else would run code the file names.
 CHECKPOINT_TARGETS = {
     "net": ("amir_pl.training.model", nn.Module),
+    "augment": ("amir_pl.training.augment", nn.Module),
     "optimizer": ("torch.optim", torch.optim.Optimizer),
     "scheduler": ("torch.optim.lr_scheduler", torch.optim.lr_scheduler.LRScheduler),
 }
@@ -130,11 +133,17 @@ class AmirModule(L.LightningModule):
         scheduler: Mapping | None = None,
         channels_last: bool = False,
         compile: bool | str = False,
+        augment: Mapping | None = None,
     ):
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise AmirError(f"module.loss_reduction={loss_reduction!r} must be 'mean' or 'sum'")
-        net, optimizer, features, scheduler = map(_plain, (net, optimizer, features, scheduler))
+        net, optimizer, features, scheduler, augment = map(_plain, (net, optimizer, features, scheduler, augment))
+        if net.get("compression") == "db" and features.get("scale") == "db":
+            raise AmirError(
+                "model.compression=db on a dataset already in decibels (features.scale=db): "
+                "use model.compression=none, or a dataset prepared with features.scale=power"
+            )
         self.save_hyperparameters(
             {
                 "net": net,
@@ -144,6 +153,7 @@ class AmirModule(L.LightningModule):
                 "features": dict(features),
                 "input_shape": list(input_shape),
                 "loss_reduction": loss_reduction,
+                "augment": augment,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -153,6 +163,12 @@ class AmirModule(L.LightningModule):
         self.class_names = list(class_names)
         self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
         num_classes = len(class_names)
+        # Training batches only (on_after_batch_transfer); not part of the net, so never exported.
+        self.augment = (
+            instantiate(augment, scale=features["scale"], features=dict(features), num_classes=num_classes)
+            if augment
+            else None
+        )
         # Training-step metrics must not wait for the GPU: the default NaN check and argument
         # validation each read a value back to the host, stalling every step (seen on an H200).
         # A NaN loss still shows: it propagates into train/loss.
@@ -186,8 +202,15 @@ class AmirModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches where they are, on the device that trains."""
+        if self.augment is not None and self.trainer.training:
+            x, y = batch
+            return self.augment(x, y)
+        return batch
+
     def _step(self, batch):
-        x, y = batch
+        x, y = batch  # y: class indices, or class probabilities (mixup)
         logits = self(x)
         loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
         return logits, y, loss
@@ -197,7 +220,7 @@ class AmirModule(L.LightningModule):
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
-        self.train_accuracy.update(logits.detach(), y)
+        self.train_accuracy.update(logits.detach(), y.argmax(dim=1) if y.ndim == 2 else y)
         # Not on the progress bar: Lightning turns progress-bar values into Python numbers after every
         # step, bar shown or not, and on a GPU each such read waits for the step to finish.
         self.log("train/loss_step", loss.detach(), batch_size=len(y))

@@ -29,6 +29,7 @@ from amir_pl.training.module import AmirModule
 from amir_pl.training.scoring import finish, score_splits
 
 log = logging.getLogger(__name__)
+INPUT_STATISTICS_CLIPS = 4096
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -74,8 +75,13 @@ def train(cfg: DictConfig) -> dict[str, dict]:
         # The silence gate travels with the features: amir-predict and amir-export use the same one.
         features={**info.features.as_dict(), "rms_threshold": info.rms_threshold},
         input_shape=info.input_shape,
+        augment=cfg.get("augment") or None,
         **cfg.get("module", {}),
     )
+    # Input statistics of the training split (model.input_norm=band), the same on every rank; a resumed
+    # run gets its own back from the checkpoint.
+    if module.net.fit_input_statistics(datamodule.first_clips("train", INPUT_STATISTICS_CLIPS)):
+        log.info("per-band input statistics from the first %d training clips", INPUT_STATISTICS_CLIPS)
     checkpoint_cfg = cfg.get("callbacks", {}).get("model_checkpoint")
     if not datamodule.has_split("val") and checkpoint_cfg is not None and checkpoint_cfg.get("monitor"):
         log.warning("%s has no 'val' split: no validation; keeping the last checkpoint only", info.path)

@@ -1,0 +1,163 @@
+"""Augmentation of training batches on the device that trains (GPU or CPU), for recognition that
+transfers to recordings from other sources: random EQ curves and gain, time shift, pitch shift by
+warping the mel axis, Freq-MixStyle, mixup and SpecAugment masks.
+
+Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, and what
+``experiment=paper`` keeps) builds nothing. The module applies it in ``on_after_batch_transfer``
+to training batches only. Draws come from torch's generator on the batch's device, which
+``amir-train`` seeds (``seed``): the same seed gives the same batches.
+
+Gain, EQ, shifts, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
+back); mixup mixes power spectra, as mixing the recordings would.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from amir_pl.core.errors import AmirError
+
+AMIN = 1e-10  # the floor of the decibel conversion, as torchaudio's AmplitudeToDB
+
+
+def mel_centres(features: dict) -> torch.Tensor:
+    """Centre frequency (Hz) of each mel band: the centroid of its filter in torchaudio's filterbank."""
+    n_freqs = int(features["n_fft"]) // 2 + 1
+    bank = torchaudio.functional.melscale_fbanks(
+        n_freqs,
+        float(features["f_min"]),
+        float(features["f_max"]),
+        int(features["n_mels"]),
+        int(features["sample_rate"]),
+        norm="slaney" if features.get("mel_scale", "slaney") == "slaney" else None,
+        mel_scale=str(features.get("mel_scale", "slaney")),
+    )
+    freqs = torch.linspace(0, int(features["sample_rate"]) / 2, n_freqs)
+    return (bank * freqs[:, None]).sum(0) / bank.sum(0).clamp_min(1e-12)
+
+
+class BatchAugment(nn.Module):
+    """Each option at 0 is off. ``scale`` and ``features`` (the dataset file's) come from the module."""
+
+    def __init__(
+        self,
+        scale: str,
+        features: dict,
+        num_classes: int,
+        gain_db: float = 0.0,  # each clip's level moves by up to +-gain_db
+        eq_db: float = 0.0,  # a smooth random curve over the mel bands, up to +-eq_db
+        eq_points: int = 6,  # control points of the curve
+        time_shift: float = 0.0,  # circular shift by up to this fraction of the clip
+        pitch_semitones: float = 0.0,  # mel axis warped by up to +-this many semitones
+        mixstyle_p: float = 0.0,  # chance a clip's per-band statistics are mixed with another's
+        mixstyle_alpha: float = 0.3,
+        mixup_alpha: float = 0.0,  # mixup weight ~ Beta(alpha, alpha); targets become soft
+        freq_masks: int = 0,  # SpecAugment: this many masks of up to freq_mask_width bands
+        freq_mask_width: int = 0,
+        time_masks: int = 0,
+        time_mask_width: int = 0,
+    ):
+        super().__init__()
+        if scale not in ("power", "db"):
+            raise AmirError(f"augment: dataset scale {scale!r} is neither 'power' nor 'db'")
+        self.scale = scale
+        self.num_classes = num_classes
+        self.gain_db, self.eq_db, self.eq_points = float(gain_db), float(eq_db), int(eq_points)
+        self.time_shift, self.pitch_semitones = float(time_shift), float(pitch_semitones)
+        self.mixstyle_p, self.mixstyle_alpha = float(mixstyle_p), float(mixstyle_alpha)
+        self.mixup_alpha = float(mixup_alpha)
+        self.freq_masks = nn.ModuleList(
+            torchaudio.transforms.FrequencyMasking(freq_mask_width, iid_masks=True) for _ in range(int(freq_masks))
+        )
+        self.time_masks = nn.ModuleList(
+            torchaudio.transforms.TimeMasking(time_mask_width, iid_masks=True) for _ in range(int(time_masks))
+        )
+        self.register_buffer("centres", mel_centres(features), persistent=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (batch, n_mels, frames) as stored, ``y`` class indices -> augmented ``x`` and targets
+        (class indices, or class probabilities when mixup is on)."""
+        x = x.float()
+        db = x if self.scale == "db" else 10 * torch.log10(x.clamp_min(AMIN))
+        if self.gain_db or self.eq_db:
+            db = db + self._level(db)
+        if self.pitch_semitones:
+            db = self._pitch_shift(db)
+        if self.time_shift:
+            db = self._time_shift(db)
+        if self.mixstyle_p:
+            db = self._mixstyle(db)
+        target = y
+        if self.mixup_alpha:
+            db, target = self._mixup(db, y)
+        if len(self.freq_masks) or len(self.time_masks):
+            floor = db.amin(dim=(1, 2), keepdim=True)
+            shifted = (db - floor).unsqueeze(1)  # masks set 0, the clip's own floor
+            for mask in (*self.freq_masks, *self.time_masks):
+                shifted = mask(shifted)
+            db = shifted.squeeze(1) + floor
+        out = db if self.scale == "db" else torch.pow(10.0, db / 10)
+        return out, target
+
+    def _uniform(self, shape, bound: float, device) -> torch.Tensor:
+        return (torch.rand(shape, device=device) * 2 - 1) * bound
+
+    def _level(self, db: torch.Tensor) -> torch.Tensor:
+        batch, bands, _ = db.shape
+        offset = self._uniform((batch, 1, 1), self.gain_db, db.device)
+        if self.eq_db:
+            points = self._uniform((batch, 1, self.eq_points), self.eq_db, db.device)
+            curve = F.interpolate(points, size=bands, mode="linear", align_corners=True)
+            offset = offset + curve.transpose(1, 2)
+        return offset
+
+    def _pitch_shift(self, db: torch.Tensor) -> torch.Tensor:
+        """Band m takes the value the clip had at centre(m) / 2^(s/12): a note s semitones up."""
+        batch, bands, _ = db.shape
+        semitones = self._uniform((batch, 1), self.pitch_semitones, db.device)
+        wanted = self.centres[None, :] / torch.pow(2.0, semitones / 12)
+        centres = self.centres.expand(batch, -1).contiguous()
+        upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, bands - 1)
+        low_f, high_f = centres.gather(1, upper - 1), centres.gather(1, upper)
+        weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1).unsqueeze(-1)
+        frames = db.shape[-1]
+        below = db.gather(1, (upper - 1).unsqueeze(-1).expand(-1, -1, frames))
+        above = db.gather(1, upper.unsqueeze(-1).expand(-1, -1, frames))
+        return below + weight * (above - below)
+
+    def _time_shift(self, db: torch.Tensor) -> torch.Tensor:
+        batch, bands, frames = db.shape
+        limit = int(self.time_shift * frames)
+        shift = torch.randint(-limit, limit + 1, (batch, 1, 1), device=db.device)
+        index = (torch.arange(frames, device=db.device).view(1, 1, -1) - shift) % frames
+        return db.gather(2, index.expand(batch, bands, frames))
+
+    def _beta(self, alpha: float, shape, device) -> torch.Tensor:
+        return torch.distributions.Beta(alpha, alpha).sample(shape).to(device)
+
+    def _mixstyle(self, db: torch.Tensor) -> torch.Tensor:
+        """Freq-MixStyle: per-band mean and deviation over time, mixed with another clip's."""
+        batch = db.shape[0]
+        mean = db.mean(dim=2, keepdim=True)
+        std = (db.var(dim=2, keepdim=True) + 1e-6).sqrt()
+        weight = self._beta(self.mixstyle_alpha, (batch, 1, 1), db.device)
+        other = torch.randperm(batch, device=db.device)
+        mixed = (db - mean) / std * (weight * std + (1 - weight) * std[other]) + (
+            weight * mean + (1 - weight) * mean[other]
+        )
+        chosen = torch.rand((batch, 1, 1), device=db.device) < self.mixstyle_p
+        return torch.where(chosen, mixed, db)
+
+    def _mixup(self, db: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = db.shape[0]
+        weight = self._beta(self.mixup_alpha, (batch,), db.device)
+        weight = torch.maximum(weight, 1 - weight)  # the clip keeps the larger share
+        other = torch.randperm(batch, device=db.device)
+        power = torch.pow(10.0, db / 10)
+        mixed = weight.view(-1, 1, 1) * power + (1 - weight.view(-1, 1, 1)) * power[other]
+        onehot = F.one_hot(y, self.num_classes).float()
+        target = weight[:, None] * onehot + (1 - weight[:, None]) * onehot[other]
+        return 10 * torch.log10(mixed.clamp_min(AMIN)), target

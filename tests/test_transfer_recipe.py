@@ -1,0 +1,154 @@
+"""The transfer recipe: log compression and per-band normalisation in the net (statistics of the
+training split, carried by the checkpoint to evaluate, predict and export), batch augmentation
+(shape, determinism under a seed, each option), and experiment=paper untouched."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import FAST, TINY_CLASSES, TINY_FEATURES
+from test_prepare import write_tone
+
+from amir_pl.core.errors import AmirError
+from amir_pl.dataset.schema import write_synthetic
+from amir_pl.features.audio import MelFrontEnd
+from amir_pl.features.params import FeatureParams
+from amir_pl.inference.export import export, load_exported
+from amir_pl.inference.predict import predict
+from amir_pl.training.augment import BatchAugment, mel_centres
+from amir_pl.training.model import BandNorm
+from amir_pl.training.module import AmirModule, load_checkpoint
+from amir_pl.training.scoring import evaluate
+from amir_pl.training.train import train
+
+FEATURES = {**TINY_FEATURES.as_dict()}
+OPTIONS = {
+    "gain_db": {"gain_db": 6.0},
+    "eq_db": {"eq_db": 9.0},
+    "time_shift": {"time_shift": 0.5},
+    "pitch": {"pitch_semitones": 2.0},
+    "mixstyle": {"mixstyle_p": 1.0},
+    "mixup": {"mixup_alpha": 0.3},
+    "masks": {"freq_masks": 2, "freq_mask_width": 6, "time_masks": 2, "time_mask_width": 6},
+}
+
+
+def _batch(scale="power", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    power = torch.rand((8, 32, 33), generator=g) ** 4 + 1e-6
+    x = power if scale == "power" else 10 * torch.log10(power)
+    return x, torch.arange(8) % len(TINY_CLASSES)
+
+
+def _augment(scale="power", **options):
+    return BatchAugment(scale, FEATURES, len(TINY_CLASSES), **options)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.parametrize("scale", ["power", "db"])
+def test_each_augmentation_keeps_the_shape_changes_the_batch_and_repeats_under_a_seed(name, scale):
+    augment = _augment(scale, **OPTIONS[name])
+    x, y = _batch(scale)
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(augment(x.clone(), y))
+    (first, target), (again, target_again), (other, _) = runs
+    assert first.shape == x.shape and first.dtype == torch.float32 and torch.isfinite(first).all()
+    assert not torch.allclose(first, x)
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(target, target_again)
+    assert not torch.allclose(first, other)
+    if scale == "power":
+        assert (first >= 0).all()
+    if name == "mixup":
+        assert target.shape == (8, len(TINY_CLASSES)) and torch.allclose(target.sum(1), torch.ones(8))
+        assert (target.max(1).values >= 0.5).all() and (target.argmax(1) == y).all()  # the clip keeps the larger share
+    else:
+        assert torch.equal(target, y)
+
+
+def test_gain_moves_each_clip_by_one_level_within_its_bound():
+    x, y = _batch("power")
+    out, _ = _augment("power", gain_db=6.0)(x, y)
+    ratio_db = 10 * torch.log10(out / x)
+    per_clip = ratio_db.flatten(1)
+    assert torch.allclose(per_clip, per_clip[:, :1].expand_as(per_clip), atol=1e-3)
+    assert per_clip.abs().max() <= 6.0 + 1e-3 and per_clip[:, 0].std() > 0.5
+
+
+def test_pitch_shift_moves_a_partial_to_the_band_a_few_semitones_away(monkeypatch):
+    centres = mel_centres(FEATURES)
+    band = 20
+    db = torch.full((1, 32, 33), -60.0)
+    db[0, band] = 0.0
+    augment = _augment("db", pitch_semitones=4.0)
+    monkeypatch.setattr(augment, "_uniform", lambda shape, bound, device: torch.full(shape, 4.0))
+    out, _ = augment(db, torch.tensor([0]))
+    moved = int(out[0, :, 0].argmax())
+    wanted = centres[band] * 2 ** (4 / 12)
+    assert moved > band and abs(float(centres[moved]) - float(wanted)) <= float(centres[moved + 1] - centres[moved])
+
+
+def test_experiment_paper_keeps_the_thesis_input_and_no_augmentation(compose_cfg, tiny_h5):
+    paper = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=paper"])
+    assert not paper.augment and paper.model.compression == "none" and paper.model.input_norm == "batch"
+    transfer = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=transfer"])
+    assert transfer.augment._target_.endswith("BatchAugment")
+    assert transfer.model.compression == "db" and transfer.model.input_norm == "band"
+    module = AmirModule(paper.model, paper.optimizer, TINY_CLASSES, FEATURES, (32, 33), augment=paper.augment or None)
+    assert module.augment is None and isinstance(module.net.compress, torch.nn.Identity)
+
+
+def test_compression_db_on_a_decibel_dataset_is_refused():
+    with pytest.raises(AmirError, match="model.compression=db on a dataset already in decibels"):
+        AmirModule(
+            {"_target_": "amir_pl.training.model.SegalConvNet", "compression": "db"},
+            {"_target_": "torch.optim.Adam"},
+            TINY_CLASSES,
+            {**FEATURES, "scale": "db"},
+            (32, 33),
+        )
+
+
+def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_agree(compose_cfg, tmp_path):
+    data = write_synthetic(
+        tmp_path / "band.h5",
+        {"train": 24, "val": 5, "test": 7},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES,
+        seed=3,
+    )
+    overrides = [f"data.path={data}", *FAST, "trainer.max_epochs=1", "logger=csv"]
+    cfg = compose_cfg("train", [*overrides, "model.compression=db", "model.input_norm=band", "augment=transfer"])
+    summaries = train(cfg)
+    ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    module = load_checkpoint(ckpt).eval()
+    assert isinstance(module.net.norm, BandNorm) and module.hparams["augment"]["_target_"].endswith("BatchAugment")
+    with h5py.File(data, "r") as f:
+        expected = 10 * np.log10(np.maximum(f["train"]["x"][()].astype(np.float64), 1e-10))
+    torch.testing.assert_close(
+        module.net.norm.mean, torch.from_numpy(expected.mean(axis=(0, 2))).float(), atol=1e-3, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        module.net.norm.std, torch.from_numpy(expected.std(axis=(0, 2), ddof=1)).float(), atol=1e-3, rtol=1e-3
+    )
+
+    evaluated = evaluate(compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={data}", "splits=[test]"]))
+    assert evaluated["test"]["confusion_matrix"] == summaries["test"]["confusion_matrix"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["top1_error"] == evaluated["test"]["top1_error"]
+
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    wav = write_tone(tmp_path / "tone.wav", features.clip_samples / features.sample_rate, features.sample_rate, 440.0)
+    (row,) = predict(compose_cfg("predict", [f"ckpt_path={ckpt}", f"inputs={wav}", "num_workers=1"]))
+    waveform = torch.from_numpy(sf.read(str(wav), dtype="float32")[0])[None]
+    with torch.no_grad():
+        direct = torch.softmax(module.net(MelFrontEnd(features)(waveform)), dim=1)[0]
+    assert row["top1"] == TINY_CLASSES[int(direct.argmax())]
+    assert row["top1_score"] == pytest.approx(float(direct.max()), abs=1e-4)
+    model, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", "format=torchscript"])))
+    with torch.no_grad():
+        torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
