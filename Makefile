@@ -16,7 +16,7 @@ NPM_SOURCES := $(foreach name,bass-electric@1.1.2 cello@1.1.1 flute@1.1.2 guitar
   tonejs-instrument-$(subst @,-mp3@,$(name)))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages sources lint test test-fast quickstart results results-train results-medium bench clean
+.PHONY: install system-packages sources transfer lint test test-fast quickstart results results-train results-medium bench clean
 
 install: $(VENV)/.installed
 
@@ -51,8 +51,8 @@ sources:
 
 # Formatting and lint (config in pyproject.toml); the layering check runs inside the tests (import-linter).
 lint: install
-	$(BIN)/ruff format --check amir_pl conf tests
-	$(BIN)/ruff check amir_pl conf tests
+	$(BIN)/ruff format --check amir_pl conf tests scripts
+	$(BIN)/ruff check amir_pl conf tests scripts
 
 test: system-packages install lint
 	$(BIN)/python -m pytest -q
@@ -88,6 +88,23 @@ results-train: install
 	    ckpt_path=$$(ls -t outputs/$$name/*/checkpoints/epoch*.ckpt | head -1) || exit 1; \
 	done
 	$(BIN)/amir-baseline data.path=$(DATA)/quickstart_power.h5 also_evaluate=[$(DATA)/quickstart_b_power.h5] task_name=results_baseline
+
+# The leave-one-family-out protocol (docs/results.md, "Transfer"): one pool of every family, then for
+# each fold (held-out test family : validation family) the transfer recipe, the thesis net and input at
+# the quickstart's schedule, and the MFCC baseline, trained on all the other families; one table.
+POOL_CLIPS ?= 400
+TRANSFER_FOLDS ?= tim:lmms fluid:lmms tonejs:lmms lmms:tim
+transfer: system-packages sources install
+	$(BIN)/amir-synth output=$(DATA)/pool layout=pool clips_per_class=$(POOL_CLIPS) overwrite=true progress=false
+	for fold in $(TRANSFER_FOLDS); do \
+	  test=$${fold%:*}; val=$${fold#*:}; data=$(DATA)/pool_$$test.h5; \
+	  $(BIN)/amir-prepare source=$(DATA)/pool/manifest.csv output=$$data overwrite=true progress=false \
+	    "family_splits.test=[$$test]" "family_splits.val=[$$val]" && \
+	  $(BIN)/amir-train data.path=$$data experiment=transfer task_name=lofo_$${test}_transfer trainer.enable_progress_bar=false && \
+	  $(BIN)/amir-train data.path=$$data experiment=quickstart task_name=lofo_$${test}_paper trainer.enable_progress_bar=false && \
+	  $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline || exit 1; \
+	done
+	$(BIN)/python scripts/transfer_table.py $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold))))
 
 # The larger built-in set on a CPU (docs/results.md, "A larger set"): 400 clips per class, ~1 h on 2 cores.
 results-medium: system-packages install

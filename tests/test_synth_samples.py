@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from omegaconf import open_dict
 
+from amir_pl.core.errors import AmirError
 from amir_pl.dataset.prepare import prepare
 from amir_pl.dataset.synth import synth
 from amir_pl.dataset.synth.phrases import Phrase
@@ -205,3 +206,24 @@ def test_a_missing_sample_library_is_skipped_with_one_line(compose_cfg, library,
     skipped = [r.getMessage() for r in caplog.records if "absent" in r.getMessage()]
     assert len(skipped) == 1 and "not-installed" in skipped[0] and "made by the test" in skipped[0]
     assert {r["source"] for r in _manifest(output)} == {"made", "other"}
+
+
+def test_prepare_splits_a_manifest_by_family(compose_cfg, library, tmp_path):
+    output = _render(compose_cfg, tmp_path / "synth", library, "num_workers=2")
+    manifest = output / "manifest.csv"
+
+    def prepare_with(source, family_splits):
+        overrides = [f"source={source}", f"output={tmp_path / 'fold.h5'}", "overwrite=true", "progress=false"]
+        overrides += ["num_workers=1", "classes=[flute,organ,drums]", f"family_splits={family_splits}"]
+        return prepare(compose_cfg("prepare", overrides))
+
+    prepare_with(manifest, "{val: [tim], test: [made]}")
+    with h5py.File(tmp_path / "fold.h5", "r") as f:
+        families = {split: {s.decode().split("/")[2] for s in f[split]["source"][()]} for split in f}
+    assert families == {"train": {"other"}, "val": {"tim"}, "test": {"made"}}  # the unnamed family trains
+    with pytest.raises(AmirError, match="needs a manifest with a family column"):
+        prepare_with(output, "{test: [made]}")
+    with pytest.raises(AmirError, match=r"no recording of the families \['nowhere'\]"):
+        prepare_with(manifest, "{test: [nowhere]}")
+    with pytest.raises(AmirError, match="named for val and test"):
+        prepare_with(manifest, "{val: [made], test: [made]}")

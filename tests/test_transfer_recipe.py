@@ -152,3 +152,27 @@ def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_ag
     model, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", "format=torchscript"])))
     with torch.no_grad():
         torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
+
+
+def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "transfer_table", Path(__file__).parents[1] / "scripts/transfer_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for family, errors in {"tim": (0.3, 0.5, 0.6), "lmms": (0.5, 0.7, 0.8)}.items():
+        for recipe, error in zip(("transfer", "paper", "baseline"), errors):
+            for stamp, value in (("2026-01-01_00-00-00", 0.99), ("2026-02-01_00-00-00", error)):
+                run = tmp_path / f"lofo_{family}_{recipe}" / stamp
+                run.mkdir(parents=True)
+                metrics = {"test": {"top1_error": value, "f1_macro": 1 - value, "n": 100}}
+                (run / "metrics.json").write_text(json.dumps(metrics))
+    text = module.table(["tim", "lmms"], tmp_path)
+    assert "| `tim` | 30.0 %, F 0.700 (n=100) | 50.0 %, F 0.500 (n=100) | 60.0 %, F 0.400 (n=100) |" in text
+    assert "| mean | 40.0 %, F 0.600 | 60.0 %, F 0.400 | 70.0 %, F 0.300 |" in text
+    assert "not run" in module.table(["tim", "fluid"], tmp_path) and "1 of 2 folds run" in module.table(
+        ["tim", "fluid"], tmp_path
+    )

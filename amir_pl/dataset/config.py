@@ -26,6 +26,7 @@ class PrepareConfig:
     overwrite: bool = MISSING
     classes: list[str] = MISSING
     split_fractions: dict[str, float] = MISSING
+    family_splits: dict[str, list[str]] = MISSING
     balance: bool = MISSING
     seed: int = MISSING
     num_workers: int = MISSING

@@ -43,6 +43,7 @@ class Recording:
     source: str  # as stored in the file: relative to the input root
     label: str  # canonical class name
     split: str | None  # given by the layout or the manifest, else None
+    family: str | None = None  # the manifest's family column (amir-synth writes one)
 
 
 # --- finding the recordings -----------------------------------------------------------------
@@ -79,7 +80,7 @@ def scan_tree(root: Path) -> tuple[list[Recording], list[dict]]:
 
 
 def read_manifest(manifest: Path) -> list[Recording]:
-    """A CSV with columns ``path,label[,split]``; relative paths are relative to the manifest's folder."""
+    """A CSV with columns ``path,label[,split][,family]``; relative paths are relative to the manifest's folder."""
     base = manifest.parent
     with manifest.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -96,7 +97,8 @@ def read_manifest(manifest: Path) -> list[Recording]:
                 raise AmirError(f"source={manifest}, line {line}: split {split!r} is not one of {list(SPLITS)}")
             path = Path(row["path"])
             absolute = path if path.is_absolute() else base / path
-            recordings.append(Recording(absolute, row["path"], canonical_name(row["label"]), split))
+            label = canonical_name(row["label"])
+            recordings.append(Recording(absolute, row["path"], label, split, row.get("family") or None))
     return recordings
 
 
@@ -111,6 +113,29 @@ def find_recordings(source: Path) -> tuple[list[Recording], list[dict]]:
 
 
 # --- splits -----------------------------------------------------------------------------------
+
+
+def splits_by_family(recordings: list[Recording], family_splits: dict, source: Path) -> list[Recording]:
+    """``family_splits`` = {split: [families]}: a recording of a named family goes to that split,
+    every other one to train (whatever split the manifest gave it)."""
+    split_of = {}
+    for split, families in family_splits.items():
+        if split not in SPLITS:
+            raise AmirError(f"family_splits.{split}: not a split; the splits are {list(SPLITS)}")
+        for family in families:
+            if family in split_of:
+                raise AmirError(f"family_splits: family {family!r} is named for {split_of[family]} and {split}")
+            split_of[family] = split
+    if any(r.family is None for r in recordings):
+        raise AmirError(
+            f"source={source}: family_splits needs a manifest with a family column "
+            "(amir-synth writes <output>/manifest.csv with one)"
+        )
+    unknown = sorted(set(split_of) - {r.family for r in recordings})
+    if unknown:
+        raise AmirError(f"family_splits: no recording of the families {unknown} in {source}")
+    return [Recording(r.path, r.source, r.label, split_of.get(r.family, "train"), r.family) for r in recordings]
+
 
 
 def assign_splits(recordings: list[Recording], fractions: dict, seed: int) -> list[Recording]:
@@ -136,7 +161,7 @@ def assign_splits(recordings: list[Recording], fractions: dict, seed: int) -> li
         for split, count in zip(SPLITS, counts):
             for index in order[position : position + count]:
                 recording = files[index]
-                assigned[id(recording)] = Recording(recording.path, recording.source, label, split)
+                assigned[id(recording)] = Recording(recording.path, recording.source, label, split, recording.family)
             position += count
     return [assigned[id(r)] for r in recordings]
 
@@ -206,6 +231,8 @@ def prepare(cfg: DictConfig) -> dict:
             f"source={source}: none of the {len(recordings)} audio files is readable and at least "
             f"{clip_seconds} s long; see the skipped files: {skipped[:5]}"
         )
+    if any(cfg.family_splits.values()):
+        usable = splits_by_family(usable, dict(cfg.family_splits), source)
     recordings = assign_splits(usable, dict(cfg.split_fractions), cfg.seed)
     settings = ClipSettings(features, float(cfg.rms_threshold), dtype=str(cfg.dtype), block_clips=cfg.block_clips)
     tasks = make_tasks(enumerate(probed), settings, cfg.clips_per_task)
