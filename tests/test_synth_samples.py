@@ -227,3 +227,35 @@ def test_prepare_splits_a_manifest_by_family(compose_cfg, library, tmp_path):
         prepare_with(manifest, "{test: [nowhere]}")
     with pytest.raises(AmirError, match="named for val and test"):
         prepare_with(manifest, "{val: [made], test: [made]}")
+
+
+def test_a_generated_room_adds_a_decaying_tail_and_a_microphone_a_smooth_colour():
+    from amir_pl.dataset.synth.render import in_a_room, through_a_microphone
+
+    click = np.zeros(RATE, dtype=np.float32)
+    click[int(0.1 * RATE)] = 0.8
+    room = in_a_room(click, RATE, 0.6, np.random.default_rng(0))
+    again = in_a_room(click, RATE, 0.6, np.random.default_rng(0))
+    assert room.shape == click.shape and np.array_equal(room, again)
+    assert abs(float(np.abs(room).max()) - 0.8) < 1e-5  # the peak kept
+    energy = lambda a, b: float(np.sum(room[int(a * RATE) : int(b * RATE)] ** 2))  # noqa: E731
+    assert energy(0.0, 0.099) < 1e-12  # nothing before the sound (FFT rounding only)
+    assert energy(0.15, 0.3) > energy(0.3, 0.45) > energy(0.45, 0.6) > 0  # a decaying tail
+    noise = np.random.default_rng(1).standard_normal(4 * RATE).astype(np.float32) * 0.1
+    coloured = through_a_microphone(noise, RATE, 8.0, np.random.default_rng(2))
+    ratio_db = 20 * np.log10(np.abs(np.fft.rfft(coloured)) / np.abs(np.fft.rfft(noise)))
+    freqs = np.fft.rfftfreq(len(noise), 1 / RATE)
+    band = (freqs > 30) & (freqs < RATE / 2 - 10)
+    level = np.log10(np.abs(noise).max() / np.abs(coloured).max()) * 20  # the peak normalisation's offset
+    assert np.ptp(ratio_db[band]) > 3 and np.all(np.abs(ratio_db[band] + level) <= 8.0 + 1e-3)
+    assert np.abs(np.diff(ratio_db[band])).max() < 0.05  # smooth: no step between neighbouring bins (0.25 Hz)
+
+
+def test_rooms_and_microphones_are_drawn_and_written_to_the_manifest(compose_cfg, library, tmp_path):
+    output = _render(
+        compose_cfg, tmp_path / "rooms", library, "num_workers=1", "room_probability=1", "mic_probability=1"
+    )
+    rows = _manifest(output)
+    assert all(0.2 <= float(r["room_rt60"]) <= 1.0 and 3.0 <= float(r["mic_db"]) <= 8.0 for r in rows)
+    plain = _manifest(_render(compose_cfg, tmp_path / "plain", library, "num_workers=1"))
+    assert all(r["room_rt60"] == "" and r["mic_db"] == "" for r in plain)

@@ -86,6 +86,10 @@ class SynthConfig:
     noise_snr_db: list[float] = MISSING
     peak_range: list[float] = MISSING
     min_rms: float = MISSING
+    room_probability: float = MISSING
+    room_rt60: list[float] = MISSING
+    mic_probability: float = MISSING
+    mic_db: float = MISSING
     sources_dir: str = MISSING
     sources: dict[str, Source] = MISSING
     splits: dict[str, SynthSplit] = MISSING

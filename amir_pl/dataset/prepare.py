@@ -137,7 +137,6 @@ def splits_by_family(recordings: list[Recording], family_splits: dict, source: P
     return [Recording(r.path, r.source, r.label, split_of.get(r.family, "train"), r.family) for r in recordings]
 
 
-
 def assign_splits(recordings: list[Recording], fractions: dict, seed: int) -> list[Recording]:
     """Give every recording without a split one, by recording, stratified by class, seeded.
 

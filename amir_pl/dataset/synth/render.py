@@ -67,6 +67,8 @@ class ClipResult:
     reverb: float
     chorus: float
     noise_snr_db: float | None
+    room_rt60: float | None
+    mic_db: float | None
     attempts: int
 
 
@@ -136,6 +138,13 @@ def render_clip(job: ClipJob) -> ClipResult:
                 break
     else:
         raise AmirError(f"{job.label} ({job.source}, {played}) rendered (almost) silent 5 times")
+    room = mic = None
+    if s["room_probability"] and rng.random() < s["room_probability"]:  # no draw when off: old renders stay
+        room = float(rng.uniform(*s["room_rt60"]))
+        audio = in_a_room(audio, s["sample_rate"], room, rng)
+    if s["mic_probability"] and rng.random() < s["mic_probability"]:
+        mic = float(rng.uniform(3.0, s["mic_db"]))
+        audio = through_a_microphone(audio, s["sample_rate"], mic, rng)
     snr = None
     if rng.random() < s["noise_probability"]:
         snr = float(rng.uniform(*s["noise_snr_db"]))
@@ -157,8 +166,39 @@ def render_clip(job: ClipJob) -> ClipResult:
         round(reverb, 3),
         round(chorus, 3),
         None if snr is None else round(snr, 1),
+        None if room is None else round(room, 2),
+        None if mic is None else round(mic, 1),
         attempt,
     )
+
+
+def in_a_room(audio: np.ndarray, rate: int, rt60: float, rng: np.random.Generator) -> np.ndarray:
+    """``audio`` played in a generated room: the direct sound, a few early reflections (3-40 ms) and
+    a diffuse tail of noise decaying by 60 dB in ``rt60`` seconds, at a random direct-to-reverberant
+    ratio (0 to 12 dB); peak kept."""
+    length = round(rt60 * rate)
+    t = np.arange(length) / rate
+    response = rng.standard_normal(length) * np.exp(-6.9 * t / rt60)
+    response[: round(0.003 * rate)] = 0.0
+    tail_energy = float(np.sum(response**2))
+    response *= np.sqrt(10 ** (-rng.uniform(0.0, 12.0) / 10) / tail_energy)  # the tail's energy vs the direct's
+    response[0] = 1.0
+    for delay in rng.uniform(0.003, 0.04, size=4):
+        response[round(delay * rate)] += float(rng.uniform(-0.6, 0.6))
+    size = len(audio) + length - 1
+    wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(response, size), size)[: len(audio)]
+    return (wet * np.abs(audio).max() / max(float(np.abs(wet).max()), 1e-9)).astype(np.float32)
+
+
+def through_a_microphone(audio: np.ndarray, rate: int, depth_db: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random frequency response (5 points on a log-frequency axis, +-``depth_db``), as a
+    microphone and preamp would colour the sound; peak kept."""
+    spectrum = np.fft.rfft(audio)
+    freqs = np.maximum(np.fft.rfftfreq(len(audio), 1 / rate), 20.0)
+    points = np.log(np.geomspace(20.0, rate / 2, 5))
+    gain_db = np.interp(np.log(freqs), points, rng.uniform(-depth_db, depth_db, size=5))
+    out = np.fft.irfft(spectrum * 10 ** (gain_db / 20), len(audio))
+    return (out * np.abs(audio).max() / max(float(np.abs(out).max()), 1e-9)).astype(np.float32)
 
 
 def frame_rms_np(audio: np.ndarray) -> float:
@@ -285,6 +325,10 @@ def synth(cfg: DictConfig) -> Path:
         "noise_snr_db": tuple(cfg.noise_snr_db),
         "peak_range": tuple(cfg.peak_range),
         "min_rms": float(cfg.min_rms),
+        "room_probability": float(cfg.room_probability),
+        "room_rt60": tuple(cfg.room_rt60),
+        "mic_probability": float(cfg.mic_probability),
+        "mic_db": float(cfg.mic_db),
     }
     output.mkdir(parents=True, exist_ok=True)
     results = []
@@ -306,14 +350,15 @@ def synth(cfg: DictConfig) -> Path:
             writer = csv.writer(f)
             writer.writerow(
                 ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
-                + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "renderer"]
+                + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "room_rt60", "mic_db", "renderer"]
             )
             for r in results:
                 kind = sources[r.job.source].kind
                 writer.writerow(
                     [r.path, r.job.label, r.job.split, r.job.family, r.job.source]
                     + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
-                    + [r.style, r.tempo, r.reverb, r.chorus, "" if r.noise_snr_db is None else r.noise_snr_db]
+                    + [r.style, r.tempo, r.reverb, r.chorus]
+                    + ["" if value is None else value for value in (r.noise_snr_db, r.room_rt60, r.mic_db)]
                     + [renderer if kind == "soundfont" else MultisampleRenderer.name]
                 )
 
