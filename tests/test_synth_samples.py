@@ -92,6 +92,7 @@ def test_note_names_and_midi_numbers_in_file_names():
     assert note_number("F2 v2.mp3") == 41  # tonejs's second take of F2
     assert note_number("A-1.wav") == 9 and note_number("066-F#.wav") == 66
     assert note_number("Kick-Soft.wav") is None and note_number("bassdrum01.ogg") is None
+    assert note_number("01-C4.wav") == 60  # a track number, not a MIDI key
 
 
 @pytest.mark.parametrize("key", [69, 71, 74, 57, 61])
@@ -168,7 +169,8 @@ def test_splits_by_family_and_the_family_in_the_paths_and_the_dataset(compose_cf
     assert {r["label"] for r in rows if r["split"] == "val"} == {"flute", "drums"}  # no organ in `other`
     for row in rows:
         assert row["path"].startswith(f"{row['split']}/{row['label']}/{row['family']}/")
-        assert row["renderer"] == ("multisample" if row["family"] != "tim" else row["renderer"])
+        expected = {"multisample"} if row["family"] != "tim" else {"fluidsynth", "tinysoundfont"}
+        assert row["renderer"] in expected
     dataset = tmp_path / "synth.h5"
     prepare(
         compose_cfg(
@@ -259,3 +261,28 @@ def test_rooms_and_microphones_are_drawn_and_written_to_the_manifest(compose_cfg
     assert all(0.2 <= float(r["room_rt60"]) <= 1.0 and 3.0 <= float(r["mic_db"]) <= 8.0 for r in rows)
     plain = _manifest(_render(compose_cfg, tmp_path / "plain", library, "num_workers=1"))
     assert all(r["room_rt60"] == "" and r["mic_db"] == "" for r in plain)
+
+
+def test_a_source_config_missing_what_its_kind_needs_is_one_clear_error(compose_cfg, library, tmp_path):
+    for spec, message in (
+        ({"family": "x", "kind": "samples", "install": "-"}, r"sources.bad: a samples source needs root"),
+        (_source(library, "x", guitar=FLUTE), r"sources.bad.instruments.guitar: not a class"),
+        (
+            _source(library, "x", flute=[{"folder": "flute"}]),
+            r"sources.bad.instruments.flute\[0\]: give the instrument a name",
+        ),
+        ({"family": "x", "kind": "soundfont", "install": "-"}, r"sources.bad.path: a soundfont source needs"),
+    ):
+        with pytest.raises(AmirError, match=message):
+            _render(compose_cfg, tmp_path / "bad", library, "splits.val.families=[x]", sources={"bad": spec})
+    with pytest.raises(AmirError, match="mic_db=2.0"):
+        _render(compose_cfg, tmp_path / "bad", library, "mic_db=2")
+
+
+def test_a_note_far_from_every_sample_is_played_an_octave_nearer(library):
+    renderer = MultisampleRenderer(RATE, 8.0)
+    flute = build_instrument(library, FLUTE[0])  # samples at 57, 69, 72, 78
+    phrase = Phrase("test", 120.0)
+    phrase.note(0.1, 2.0, 98, 100)  # 20 semitones above the highest sample: played at 86
+    audio = renderer.play(flute, phrase, 3 * RATE, np.random.default_rng(0))
+    assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), 440.0 * 2 ** ((86 - 69) / 12))) < 3

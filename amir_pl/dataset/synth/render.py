@@ -112,7 +112,7 @@ def render_clip(job: ClipJob) -> ClipResult:
                 f"{list(instrument.programs)} (bank {instrument.bank})"
             )
     else:
-        players = _samples.instruments_for(source.location, job.label, source.instruments[job.label])
+        players = _samples.instruments_for(source.name, source.location, job.label, source.instruments[job.label])
     for attempt in range(1, 6):  # noqa: B007 (read after the loop) -- a phrase that renders (almost) silent is redrawn
         if source.kind == "soundfont":
             program = int(rng.choice(programs))
@@ -237,6 +237,7 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
     for name, spec in cfg.sources.items():
         if spec.family not in families:
             continue
+        _check_source(name, spec)
         if spec.kind == "soundfont":
             if Path(spec.path).is_file():
                 usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, tuple(INSTRUMENTS))
@@ -273,6 +274,23 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
     return usable
 
 
+def _check_source(name: str, spec: DictConfig) -> None:
+    """A source's config has what its kind needs (a user may add conf/sources/<name>.yaml)."""
+    where = f"sources.{name}"
+    if spec.kind == "soundfont":
+        if not spec.path:
+            raise AmirError(f"{where}.path: a soundfont source needs the path of its .sf2/.sf3 file")
+        return
+    if not spec.root or not spec.instruments:
+        raise AmirError(f"{where}: a samples source needs root (its folder) and instruments ({{class: [...]}})")
+    for label, specs in spec.instruments.items():
+        if label not in INSTRUMENTS:
+            raise AmirError(f"{where}.instruments.{label}: not a class; the classes are {list(INSTRUMENTS)}")
+        for index, instrument in enumerate(specs):
+            if not instrument.get("name"):
+                raise AmirError(f"{where}.instruments.{label}[{index}]: give the instrument a name")
+
+
 def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob]:
     classes = list(cfg.classes)
     unknown = [name for name in classes if name not in INSTRUMENTS]
@@ -282,6 +300,7 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
     jobs = []
     for split_index, (split, spec) in enumerate(cfg.splits.items()):
         per_class = round(cfg.clips_per_class * float(spec.fraction) / total_fraction)
+        unplayed = []
         for class_index, label in enumerate(classes):
             # families in the split's order, each with its sources that play this class
             players = [
@@ -289,8 +308,8 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
                 for family in spec.families
             ]
             players = [names for names in players if names]
-            if not players and per_class:
-                log.warning("split %s: no source of the families %s plays %s", split, list(spec.families), label)
+            if not players:
+                unplayed += [label] if per_class else []
                 continue
             for index in range(per_class):
                 names = players[index % len(players)]
@@ -302,6 +321,10 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
                     index,
                 )
                 jobs.append(ClipJob(split, label, index, source.family, source.name, seed))
+        if unplayed:
+            log.warning(
+                "split %s: no installed source of the families %s plays %s", split, list(spec.families), unplayed
+            )
     if not jobs:
         raise AmirError("nothing to render: no installed source plays the classes in any split")
     return jobs
@@ -311,12 +334,14 @@ def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
         raise AmirError(f"output={output} is not empty; add overwrite=true to render into it anyway")
+    if cfg.mic_db < 3.0:
+        raise AmirError(f"mic_db={cfg.mic_db}: the microphone colour's depth is drawn from 3 dB up to it; give >= 3")
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
     settings = {
         "sources": sources,
-        "max_sample_seconds": 2.5 * float(cfg.clip_seconds) + 0.5,  # a note needs no more of a sample
+        "max_sample_seconds": 2.5 * float(cfg.clip_seconds) + 0.5,  # no note needs more (at most 2x speed)
         "output": str(output),
         "sample_rate": int(cfg.sample_rate),
         "clip_seconds": float(cfg.clip_seconds),

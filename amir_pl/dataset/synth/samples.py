@@ -14,7 +14,8 @@ A library is a config node (conf/sources/<name>.yaml)::
            keys: {36: "Kick-*", 38: "Snare-*", 42: "HatClosed-*"}}          # General MIDI drum key -> files
 
 Each note plays the sample nearest in pitch (in the velocity layer for its velocity), resampled by
-linear interpolation at twice the output rate for the remaining interval, faded out over
+linear interpolation at twice the output rate for the remaining interval (at most an octave: a
+note further from every sample is played an octave nearer), faded out over
 ``release`` seconds after its note-off; notes overlap freely (chords, strums). Drums play their
 one-shots whole. The mix is brought to the output rate by the same windowed-sinc resampler as the
 front end. Everything drawn comes from the clip's generator, so a clip depends on its seed alone.
@@ -36,9 +37,10 @@ from amir_pl.dataset.synth.phrases import Phrase
 from amir_pl.features.audio import resample
 
 NOTE_NAME = re.compile(r"(?<![A-Za-z])([A-Ga-g])(#|s|b)?(-?\d)(?!\d)")
-MIDI_PREFIX = re.compile(r"^(\d{2,3})(?=\D)")
+MIDI_PREFIX = re.compile(r"^(\d{2,3})(?=[-_ ])")
 PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
 OVERSAMPLE = 2  # notes are resampled at twice the output rate, then the mix is low-passed down
+MAX_SHIFT = 12  # semitones a sample is transposed at most (up to 2x speed: no aliasing at OVERSAMPLE 2)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}
 # A drum key a kit lacks is played by the nearest kind it has (ride -> closed hat, toms -> any tom).
 DRUM_STAND_INS = {
@@ -58,7 +60,7 @@ def note_number(name: str) -> int | None:
     leading MIDI number (``066-F#.wav``); None when the name holds neither."""
     stem = Path(name).stem
     prefix = MIDI_PREFIX.match(stem)
-    if prefix:
+    if prefix and 12 <= int(prefix.group(1)) <= 127:  # "066-F#"; not a track number such as "01-C4"
         return int(prefix.group(1))
     match = NOTE_NAME.search(stem)
     if not match:
@@ -140,8 +142,10 @@ def build_instrument(root: Path, spec: dict) -> Instrument:
         chosen = []
         for name, note in notes.items():
             key = note_number(str(note)) if not str(note).isdigit() else int(note)
-            if key is None or not (folder / name).is_file():
-                raise AmirError(f"{folder / name}: missing, or its note {note!r} is not a note name")
+            if key is None:
+                raise AmirError(f"{folder / name}: its note {note!r} is not a note name (e.g. Cs4) or MIDI number")
+            if not (folder / name).is_file():
+                raise FileNotFoundError(folder / name)
             chosen.append((key, folder / name))
     else:
         chosen = []
@@ -154,7 +158,7 @@ def build_instrument(root: Path, spec: dict) -> Instrument:
         layer = _layer_of(path, layer_names) if layer_names else 0
         instrument.samples.append(Sample(key, layer, str(path)))
     if not instrument.samples:
-        raise FileNotFoundError(f"{folder}: no samples")
+        raise FileNotFoundError(f"{folder}/{spec.get('files', '*')} (no audio files)")
     return instrument
 
 
@@ -169,11 +173,10 @@ class MultisampleRenderer:
         self.max_frames = round(max_seconds * self.rate)  # no note needs more of a sample than this
         self.instruments: dict[tuple[str, str], list[Instrument]] = {}
 
-    def instruments_for(self, root: str, label: str, specs: list[dict]) -> list[Instrument]:
-        cache_key = (root, label)
-        if cache_key not in self.instruments:
-            self.instruments[cache_key] = [build_instrument(Path(root), dict(spec)) for spec in specs]
-        return self.instruments[cache_key]
+    def instruments_for(self, source: str, root: str, label: str, specs: list[dict]) -> list[Instrument]:
+        if (source, label) not in self.instruments:
+            self.instruments[(source, label)] = [build_instrument(Path(root), dict(spec)) for spec in specs]
+        return self.instruments[(source, label)]
 
     def _load(self, sample: Sample) -> np.ndarray:
         if sample.audio is None:
@@ -184,7 +187,9 @@ class MultisampleRenderer:
             except Exception as error:
                 raise AmirError(f"{sample.path}: cannot be decoded ({error})") from None
             mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-            audio = resample(mono, rate, self.rate).numpy() if rate != self.rate else mono.numpy()
+            # Band-limited to the output's Nyquist frequency first, so that a note raised by up to an
+            # octave (MAX_SHIFT) stays below the oversampled rate's: no aliasing from the interpolation.
+            audio = resample(resample(mono, rate, self.sample_rate), self.sample_rate, self.rate).numpy()
             sample.audio = _trim_lead(audio, self.rate)
         return sample.audio
 
@@ -201,7 +206,7 @@ class MultisampleRenderer:
                 continue
             sample, asked = picked
             audio = self._load(sample)
-            ratio = 1.0 if instrument.drums else 2.0 ** ((asked - sample.key) / 12)
+            ratio = 1.0 if instrument.drums else 2.0 ** (_within_an_octave(asked - sample.key) / 12)
             length = min(total - start, int((len(audio) - 1) / ratio))
             held = length if instrument.drums else max(1, round((end_seconds - start_seconds) * self.rate))
             length = min(length, held + release)
@@ -216,6 +221,16 @@ class MultisampleRenderer:
             mix[start : start + length] += gain * voice
         out = resample(torch.from_numpy(mix.astype(np.float32)), self.rate, self.sample_rate).numpy()
         return out[:frames]
+
+
+def _within_an_octave(shift: int) -> int:
+    """A transposition beyond MAX_SHIFT semitones folded back by octaves (the pitch class kept): a
+    library with one note per instrument plays far notes an octave nearer rather than aliased."""
+    while shift > MAX_SHIFT:
+        shift -= 12
+    while shift < -MAX_SHIFT:
+        shift += 12
+    return shift
 
 
 def _interpolate(audio: np.ndarray, ratio: float, length: int) -> np.ndarray:
