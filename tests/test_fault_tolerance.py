@@ -231,3 +231,18 @@ def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny
     assert _resume_checkpoint(cfg) is None  # an ordinary run never picks up checkpoints by itself
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert _resume_checkpoint(cfg) == tmp_path / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_with_augmentation_equals_uninterrupted_run(tiny_h5, tmp_path):
+    """The augmentation draws from the RNG states that a resume restores before its first batch."""
+    recipe = ["augment=transfer", "model.compression=db", "model.input_norm=band"]
+    reference = tmp_path / "reference" / "outputs"
+    reference.parent.mkdir()
+    assert _train(tiny_h5, reference, *recipe).returncode == 0
+    root = tmp_path / "run" / "outputs"
+    root.parent.mkdir()
+    assert _train(tiny_h5, root, *recipe, crash_at=13).returncode == -signal.SIGKILL
+    resumed = _train(tiny_h5, root, *recipe, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_training(_last(root), _last(reference))

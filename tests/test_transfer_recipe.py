@@ -114,7 +114,8 @@ def test_compression_db_on_a_decibel_dataset_is_refused():
         )
 
 
-def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_agree(compose_cfg, tmp_path):
+@pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
+def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_agree(compose_cfg, tmp_path, fmt):
     data = write_synthetic(
         tmp_path / "band.h5",
         {"train": 24, "val": 5, "test": 7},
@@ -149,7 +150,7 @@ def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_ag
         direct = torch.softmax(module.net(MelFrontEnd(features)(waveform)), dim=1)[0]
     assert row["top1"] == TINY_CLASSES[int(direct.argmax())]
     assert row["top1_score"] == pytest.approx(float(direct.max()), abs=1e-4)
-    model, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", "format=torchscript"])))
+    model, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
     with torch.no_grad():
         torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
 

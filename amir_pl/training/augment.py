@@ -3,9 +3,10 @@ transfers to recordings from other sources: random EQ curves and gain, time shif
 warping the mel axis, Freq-MixStyle, mixup and SpecAugment masks.
 
 Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, and what
-``experiment=paper`` keeps) builds nothing. The module applies it in ``on_after_batch_transfer``
-to training batches only. Draws come from torch's generator on the batch's device, which
-``amir-train`` seeds (``seed``): the same seed gives the same batches.
+``experiment=paper`` keeps) builds nothing. The module applies it at the start of
+``training_step``, on the device that trains. Draws come from torch's generator on the batch's
+device, which ``amir-train`` seeds (``seed``; each DDP rank its own): the same seed gives the same
+batches, and a resumed run the batches the uninterrupted run would have had.
 
 Gain, EQ, shifts, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
 back); mixup mixes power spectra, as mixing the recordings would.
@@ -136,7 +137,9 @@ class BatchAugment(nn.Module):
         return db.gather(2, index.expand(batch, bands, frames))
 
     def _beta(self, alpha: float, shape, device) -> torch.Tensor:
-        return torch.distributions.Beta(alpha, alpha).sample(shape).to(device)
+        """Beta(alpha, alpha) drawn on the device (a draw on the host and a copy would stall a GPU)."""
+        concentration = torch.full(shape, alpha, device=device)
+        return torch.distributions.Beta(concentration, concentration).sample()
 
     def _mixstyle(self, db: torch.Tensor) -> torch.Tensor:
         """Freq-MixStyle: per-band mean and deviation over time, mixed with another clip's."""

@@ -66,7 +66,10 @@ class BandNorm(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("mean", "std"):  # sized by the checkpoint (the number of mel bands)
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+                current = getattr(self, name)
+                setattr(
+                    self, name, torch.empty(state_dict[prefix + name].shape, dtype=current.dtype, device=current.device)
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -156,13 +159,13 @@ class SegalConvNet(nn.Module):
         if init == "thesis":
             self.apply(_thesis_init)
 
-    def fit_input_statistics(self, x: torch.Tensor) -> bool:
-        """Fit the per-band statistics (``input_norm=band``) on training clips (clips, n_mels, frames);
-        False when the net has none to fit."""
-        if not isinstance(self.norm, BandNorm):
-            return False
+    @property
+    def needs_input_statistics(self) -> bool:
+        return isinstance(self.norm, BandNorm)
+
+    def fit_input_statistics(self, x: torch.Tensor) -> None:
+        """Fit the per-band statistics (``input_norm=band``) on training clips (clips, n_mels, frames)."""
         self.norm.fit(self.compress(x.float().unsqueeze(1)))
-        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""

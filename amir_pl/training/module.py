@@ -35,8 +35,6 @@ warnings.filterwarnings(
     message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
     category=PossibleUserWarning,
 )
-# The module augments training batches in on_after_batch_transfer; the DataModule has no such hook.
-warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -163,7 +161,7 @@ class AmirModule(L.LightningModule):
         self.class_names = list(class_names)
         self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
         num_classes = len(class_names)
-        # Training batches only (on_after_batch_transfer); not part of the net, so never exported.
+        # Training batches only (training_step); not part of the net, so never exported.
         self.augment = (
             instantiate(augment, scale=features["scale"], features=dict(features), num_classes=num_classes)
             if augment
@@ -202,12 +200,10 @@ class AmirModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.float())
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Augment training batches where they are, on the device that trains."""
-        if self.augment is not None and self.trainer.training:
-            x, y = batch
-            return self.augment(x, y)
-        return batch
+    def on_train_start(self) -> None:
+        """Each DDP rank draws its own augmentation (seed_everything gives every rank the same seed)."""
+        if self.augment is not None and self.global_rank > 0:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def _step(self, batch):
         x, y = batch  # y: class indices, or class probabilities (mixup)
@@ -216,6 +212,11 @@ class AmirModule(L.LightningModule):
         return logits, y, loss
 
     def training_step(self, batch, batch_idx):
+        if self.augment is not None:
+            # On the device that trains. Here rather than in on_after_batch_transfer: a resumed run
+            # restores its RNG states in on_train_batch_start (fault_tolerance.RNGState), which comes
+            # after that hook, so only here does it draw what the uninterrupted run drew.
+            batch = self.augment(*batch)
         logits, y, loss = self._step(batch)
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.

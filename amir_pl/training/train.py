@@ -80,7 +80,8 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     )
     # Input statistics of the training split (model.input_norm=band), the same on every rank; a resumed
     # run gets its own back from the checkpoint.
-    if module.net.fit_input_statistics(datamodule.first_clips("train", INPUT_STATISTICS_CLIPS)):
+    if getattr(module.net, "needs_input_statistics", False):
+        module.net.fit_input_statistics(datamodule.first_clips("train", INPUT_STATISTICS_CLIPS))
         log.info("per-band input statistics from the first %d training clips", INPUT_STATISTICS_CLIPS)
     checkpoint_cfg = cfg.get("callbacks", {}).get("model_checkpoint")
     if not datamodule.has_split("val") and checkpoint_cfg is not None and checkpoint_cfg.get("monitor"):
