@@ -254,13 +254,19 @@ def test_a_generated_room_adds_a_decaying_tail_and_a_microphone_a_smooth_colour(
 
 
 def test_rooms_and_microphones_are_drawn_and_written_to_the_manifest(compose_cfg, library, tmp_path):
-    output = _render(
-        compose_cfg, tmp_path / "rooms", library, "num_workers=1", "room_probability=1", "mic_probability=1"
-    )
+    rooms = ("num_workers=1", "room_probability=1", "mic_probability=1")
+    output = _render(compose_cfg, tmp_path / "rooms", library, *rooms, "room_splits=[train,val,test]")
     rows = _manifest(output)
     assert all(0.2 <= float(r["room_rt60"]) <= 1.0 and 3.0 <= float(r["mic_db"]) <= 8.0 for r in rows)
-    plain = _manifest(_render(compose_cfg, tmp_path / "plain", library, "num_workers=1"))
-    assert all(r["room_rt60"] == "" and r["mic_db"] == "" for r in plain)
+    plain_output = _render(compose_cfg, tmp_path / "plain", library, "num_workers=1")
+    assert all(r["room_rt60"] == "" and r["mic_db"] == "" for r in _manifest(plain_output))
+    # By default only training clips get rooms: validation and test clips are the plain render's, byte for byte.
+    default_output = _render(compose_cfg, tmp_path / "default", library, *rooms)
+    for row in _manifest(default_output):
+        same = (default_output / row["path"]).read_bytes() == (plain_output / row["path"]).read_bytes()
+        assert (row["room_rt60"] != "") == (row["split"] == "train") and same == (row["split"] != "train"), row
+    with pytest.raises(AmirError, match=r"room_splits=\['trian'\]"):
+        _render(compose_cfg, tmp_path / "bad", library, "room_splits=[trian]")
 
 
 def test_a_source_config_missing_what_its_kind_needs_is_one_clear_error(compose_cfg, library, tmp_path):

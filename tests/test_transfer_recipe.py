@@ -177,3 +177,18 @@ def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_p
     assert "not run" in module.table(["tim", "fluid"], tmp_path) and "1 of 2 folds run" in module.table(
         ["tim", "fluid"], tmp_path
     )
+
+
+def test_scheduler_cosine_decays_the_learning_rate_and_paper_keeps_it_constant(compose_cfg, tiny_h5, tmp_path):
+    import math
+
+    overrides = [f"data.path={tiny_h5}", *FAST, "logger=csv", "test_splits=[]"]
+    assert not compose_cfg("train", [*overrides, "experiment=paper"]).scheduler
+    train(compose_cfg("train", [*overrides, "scheduler=cosine"]))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (scheduler,) = state["lr_schedulers"]
+    epoch = scheduler["last_epoch"]
+    expected = 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * epoch / 3)) / 2
+    assert scheduler["T_max"] == 3 and epoch >= 2
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected, rel=1e-6)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").hparams["scheduler"]["T_max"] == 3

@@ -90,6 +90,7 @@ class SynthConfig:
     room_rt60: list[float] = MISSING
     mic_probability: float = MISSING
     mic_db: float = MISSING
+    room_splits: list[str] = MISSING
     sources_dir: str = MISSING
     sources: dict[str, Source] = MISSING
     splits: dict[str, SynthSplit] = MISSING

@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
         features={**info.features.as_dict(), "rms_threshold": info.rms_threshold},
         input_shape=info.input_shape,
         augment=cfg.get("augment") or None,
+        scheduler=cfg.get("scheduler") or None,
         **cfg.get("module", {}),
     )
     # Input statistics of the training split (model.input_norm=band), the same on every rank; a resumed

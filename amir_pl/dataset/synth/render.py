@@ -139,10 +139,11 @@ def render_clip(job: ClipJob) -> ClipResult:
     else:
         raise AmirError(f"{job.label} ({job.source}, {played}) rendered (almost) silent 5 times")
     room = mic = None
-    if s["room_probability"] and rng.random() < s["room_probability"]:  # no draw when off: old renders stay
+    coloured = job.split in s["room_splits"]  # e.g. rooms in training only: val and test stay as recorded
+    if coloured and s["room_probability"] and rng.random() < s["room_probability"]:  # no draw when off
         room = float(rng.uniform(*s["room_rt60"]))
         audio = in_a_room(audio, s["sample_rate"], room, rng)
-    if s["mic_probability"] and rng.random() < s["mic_probability"]:
+    if coloured and s["mic_probability"] and rng.random() < s["mic_probability"]:
         mic = float(rng.uniform(3.0, s["mic_db"]))
         audio = through_a_microphone(audio, s["sample_rate"], mic, rng)
     snr = None
@@ -336,6 +337,8 @@ def synth(cfg: DictConfig) -> Path:
         raise AmirError(f"output={output} is not empty; add overwrite=true to render into it anyway")
     if cfg.mic_db < 3.0:
         raise AmirError(f"mic_db={cfg.mic_db}: the microphone colour's depth is drawn from 3 dB up to it; give >= 3")
+    if unknown := sorted(set(cfg.room_splits) - {"train", "val", "test"}):
+        raise AmirError(f"room_splits={list(cfg.room_splits)}: {unknown} not a split; name some of train, val, test")
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
@@ -354,6 +357,7 @@ def synth(cfg: DictConfig) -> Path:
         "room_rt60": tuple(cfg.room_rt60),
         "mic_probability": float(cfg.mic_probability),
         "mic_db": float(cfg.mic_db),
+        "room_splits": set(cfg.room_splits),
     }
     output.mkdir(parents=True, exist_ok=True)
     results = []
