@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from amir_pl.core import labels  # noqa: F401  (registers the ${amir.classes:} resolver)
 from amir_pl.dataset.config import PrepareConfig, SynthConfig
 from amir_pl.features.params import FeatureConfig
-from amir_pl.inference.config import ExportConfig, PredictConfig
+from amir_pl.inference.config import EvaluateRecordingsConfig, ExportConfig, PredictConfig
 from amir_pl.training.config import BaselineConfig
 
 _store = ConfigStore.instance()
@@ -18,6 +18,7 @@ for _name, _schema in {
     "prepare": PrepareConfig,
     "synth": SynthConfig,
     "predict": PredictConfig,
+    "evaluate_recordings": EvaluateRecordingsConfig,
     "export": ExportConfig,
     "baseline": BaselineConfig,
 }.items():

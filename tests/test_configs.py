@@ -13,7 +13,7 @@ from amir_pl.core.labels import CLASS_NAMES
 from amir_pl.features.params import FeatureParams
 from amir_pl.training.model import SegalConvNet
 
-APPS = ["train", "evaluate", "prepare", "synth", "baseline", "predict", "export", "bench"]
+APPS = ["train", "evaluate", "evaluate_recordings", "prepare", "synth", "baseline", "predict", "export", "bench"]
 
 
 @pytest.mark.parametrize("name", APPS)
@@ -60,6 +60,8 @@ def test_model_configs_build_the_net(model):
         ("synth", "renderer=magic", "auto, fluidsynth, tinysoundfont"),
         ("predict", "aggregation=max", "mean, vote, han"),
         ("export", "format=onnx", "torch_export, torchscript"),
+        ("evaluate_recordings", "unknown_labels=keep", "drop, skip"),
+        ("evaluate_recordings", "aggregation=max", "mean, vote, han"),
         ("baseline", "classifier=knn", "svm, logreg"),
         ("prepare", "num_workers=two", "Integer"),
     ],

@@ -236,7 +236,7 @@ def test_a_requeued_submitit_job_continues_from_its_own_folder(compose_cfg, tiny
 @pytest.mark.slow
 def test_kill_9_then_resume_with_augmentation_equals_uninterrupted_run(tiny_h5, tmp_path):
     """The augmentation draws from the RNG states that a resume restores before its first batch."""
-    recipe = ["augment=transfer", "model.compression=db", "model.input_norm=band"]
+    recipe = ["augment=full", "model.compression=db", "model.input_norm=band"]
     reference = tmp_path / "reference" / "outputs"
     reference.parent.mkdir()
     assert _train(tiny_h5, reference, *recipe).returncode == 0

@@ -157,3 +157,35 @@ def test_a_file_that_fails_part_way_keeps_the_windows_read_before_the_failure(co
     assert row["status"] == "ok" and "decoding failed" in row["error"]
     # windows every 1.5 s are read in blocks of 16: the first block (0-25.5 s) is whole, the next one fails
     assert row["windows_used"] + row["silent_windows"] == 16 and row["top1"]
+
+
+def test_timeline_writes_a_png_per_scored_file(compose_cfg, checkpoint, audio_files, tmp_path):
+    import matplotlib.image
+
+    same_name = write_tone(tmp_path / "other" / "ten.wav", 4.0, 22050, 330.0)
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), np.zeros(22050 * 3, np.float32), 22050)
+    inputs = f"[{audio_files['ten_seconds_16k']},{same_name},{silent}]"
+    run_predict(compose_cfg, checkpoint, inputs, "timeline=true", "progress=false")
+    pictures = sorted(p.name for p in (tmp_path / "timelines").iterdir())
+    assert pictures == ["ten-2.png", "ten.png"]  # two files named ten.wav; none for the silent one
+    image = matplotlib.image.imread(tmp_path / "timelines" / "ten.png")
+    assert image.shape[1] == 1000 and image.shape[0] > 200
+
+
+def test_timeline_rows_are_classes_columns_windows_and_silent_windows_stay_blank():
+    from amir_pl.inference.plots import plot_timeline
+
+    names = ["a", "b", "c"]
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    offsets = [0.0, 0.5, 1.5]  # the window at 1.0 s was silent
+    scores = aggregate(probs, "han")
+    figure = plot_timeline(probs, offsets, 3.0, names, scores, "take.wav")
+    axis = figure.axes[0]
+    grid = np.ma.filled(axis.images[0].get_array(), np.nan)
+    expected = np.array([[0.7, 0.6, np.nan, 0.1], [0.2, 0.3, np.nan, 0.8], [0.1, 0.1, np.nan, 0.1]])
+    np.testing.assert_allclose(grid, expected)
+    assert axis.images[0].get_extent() == pytest.approx([1.25, 3.25, 2.5, -0.5])  # window centres 1.5 .. 3.0 s
+    labels = [tick.get_text() for tick in axis.get_yticklabels()]
+    assert labels == [f"a  {scores[0]:.2f}", f"b  {scores[1]:.2f}", f"c  {scores[2]:.2f}"]
+    assert axis.get_title() == "take.wav: a, b, c"

@@ -79,3 +79,32 @@ def test_console_table_lists_every_class():
     assert "top-1 error 33.33%" in text
     for name in CLASSES:
         assert name in text
+
+
+@pytest.mark.parametrize("n_classes", [12, 20])
+def test_confusion_matrix_is_readable_at_tensorboards_default_image_size(n_classes):
+    """Fitted to a TensorBoard card (about 500 px wide), every count is at least 7 px tall and fits its
+    cell, and the class names neither shrink below that nor overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from amir_pl.training.report import CARD_PIXELS, plot_confusion_matrices
+
+    names = [f"instrument_{k:02d}" for k in range(n_classes)]
+    matrix = torch.randint(0, 1000, (n_classes, n_classes), generator=torch.Generator().manual_seed(0))
+    matrix[0, 0] = 999
+    figure = plot_confusion_matrices({"test": matrix.tolist()}, names)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    scale = CARD_PIXELS / (figure.get_figwidth() * figure.dpi)  # the image as TensorBoard fits it
+    axis = figure.axes[0]
+    cell = axis.get_window_extent(renderer).width / n_classes
+    counts = list(axis.texts)
+    assert len(counts) == n_classes**2
+    for text in counts:
+        box = text.get_window_extent(renderer)
+        assert box.height * scale >= 7 and box.width < cell
+    x_boxes = [tick.get_window_extent(renderer) for tick in axis.get_xticklabels()]
+    y_boxes = sorted((tick.get_window_extent(renderer) for tick in axis.get_yticklabels()), key=lambda box: box.y0)
+    assert all(box.height * scale >= 7 for box in y_boxes) and all(box.width * scale >= 7 for box in x_boxes)
+    assert all(below.y1 <= above.y0 + 0.5 for below, above in zip(y_boxes, y_boxes[1:]))  # names do not overlap

@@ -124,7 +124,7 @@ def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_ag
         seed=3,
     )
     overrides = [f"data.path={data}", *FAST, "trainer.max_epochs=1", "logger=csv"]
-    cfg = compose_cfg("train", [*overrides, "model.compression=db", "model.input_norm=band", "augment=transfer"])
+    cfg = compose_cfg("train", [*overrides, "model.compression=db", "model.input_norm=band", "augment=full"])
     summaries = train(cfg)
     ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
     module = load_checkpoint(ckpt).eval()

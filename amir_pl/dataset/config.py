@@ -68,6 +68,17 @@ class SynthSplit:
 
 
 @dataclass
+class SynthMixtures:
+    count: int = MISSING  # mixtures per split named in `splits`; 0: none
+    splits: list[str] = MISSING
+    instruments: list[int] = MISSING  # [low, high] instruments per mixture
+    predominant: list[int] = MISSING  # [low, high] of them louder than the rest
+    seconds: list[float] = MISSING
+    background_db: list[float] = MISSING
+    stems: bool = MISSING
+
+
+@dataclass
 class SynthConfig:
     task_name: str = MISSING
     output: str = MISSING
@@ -91,6 +102,7 @@ class SynthConfig:
     mic_probability: float = MISSING
     mic_db: float = MISSING
     room_splits: list[str] = MISSING
+    mixtures: SynthMixtures = field(default_factory=SynthMixtures)
     sources_dir: str = MISSING
     sources: dict[str, Source] = MISSING
     splits: dict[str, SynthSplit] = MISSING

@@ -1,5 +1,6 @@
-"""The schemas of amir-predict's and amir-export's configs: types and choices, checked by OmegaConf
-while Hydra composes. The values and their comments are in conf/predict.yaml and conf/export.yaml."""
+"""The schemas of amir-predict's, amir-evaluate-recordings' and amir-export's configs: types and
+choices, checked by OmegaConf while Hydra composes. The values and their comments are in
+conf/predict.yaml, conf/evaluate_recordings.yaml and conf/export.yaml."""
 
 from __future__ import annotations
 
@@ -30,6 +31,33 @@ class PredictConfig:
     num_workers: int = MISSING
     windows_per_task: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:<index>
+    progress: bool = MISSING
+    paths: Any = MISSING
+
+
+class UnknownLabels(StrEnum):
+    drop = "drop"  # the label is dropped; a file left without labels is skipped
+    skip = "skip"  # the file is skipped
+
+
+@dataclass
+class EvaluateRecordingsConfig:
+    task_name: str = MISSING
+    ckpt_path: str = MISSING
+    inputs: Any = MISSING  # labelled recordings: folders, audio files with .txt beside, manifest CSVs
+    val_inputs: Any = MISSING  # null, or a validation list in the same forms
+    unknown_labels: UnknownLabels = MISSING
+    aggregation: Aggregation = MISSING
+    threshold: Any = MISSING  # a number in (0, 1], or "val"
+    sweep_thresholds: list[float] = MISSING
+    hop_seconds: float = MISSING
+    rms_threshold: float | None = MISSING
+    batch_size: Any = MISSING
+    num_workers: int = MISSING
+    windows_per_task: int = MISSING
+    device: str = MISSING
+    progress: bool = MISSING
+    tensorboard: bool = MISSING
     paths: Any = MISSING
 
 

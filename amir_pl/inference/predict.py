@@ -4,7 +4,8 @@ Each file is cut into 3 s windows every ``hop_seconds`` with the front end of
 amir-prepare (resampling, RMS gate, mel; its parameters come from the
 checkpoint), windows under the gate are counted as silent, the net scores the
 rest in batches, and the window probabilities are aggregated per file.
-Writes predictions.csv and predictions.json into the run directory.
+Writes predictions.csv and predictions.json into the run directory, and with ``timeline=true`` a
+PNG per file of the class probabilities over time.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
+from amir_pl.core.files import atomic_write
 from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, clip_count, probe
 from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
 from amir_pl.inference.config import Aggregation
+from amir_pl.inference.plots import plot_timeline
 from amir_pl.training.module import load_checkpoint
 
 AGGREGATIONS = tuple(rule.value for rule in Aggregation)
@@ -81,8 +85,8 @@ class FileResult:
     status: str = "ok"  # ok | silent | error
     error: str = ""
     scores: dict = field(default_factory=dict)  # rule -> per-class scores
-    offsets: list = field(default_factory=list)
-    window_probabilities: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)  # seconds into the file, of each window scored
+    window_probs: np.ndarray | None = None  # (windows, classes) softmax outputs
 
 
 def _probe_all(files: list[Path], settings: ClipSettings, results: list[FileResult]) -> list[tuple[int, AudioInfo]]:
@@ -100,7 +104,21 @@ def _probe_all(files: list[Path], settings: ClipSettings, results: list[FileResu
     return readable
 
 
-def predict(cfg: DictConfig) -> list[dict]:
+@dataclass
+class Scorer:
+    """A checkpoint ready to score windows of recordings: its net on the device, its front end."""
+
+    net: torch.nn.Module
+    class_names: list[str]
+    features: FeatureParams
+    settings: ClipSettings
+    device: torch.device
+    batch_size: int
+
+
+def load_scorer(cfg: DictConfig) -> Scorer:
+    """The checkpoint ``cfg.ckpt_path`` with the window options of amir-predict's config (hop_seconds,
+    rms_threshold, device, batch_size); amir-evaluate-recordings shares them."""
     module = load_checkpoint(cfg.ckpt_path)
     stored = module.hparams.get("features") or {}
     if set(FEATURE_ATTRS) - set(stored):
@@ -109,7 +127,6 @@ def predict(cfg: DictConfig) -> list[dict]:
             f"{sorted(set(FEATURE_ATTRS) - set(stored))}; train it with amir-train"
         )
     features = FeatureParams.from_mapping(stored)
-    class_names = list(module.hparams["class_names"])
     hop = round(float(cfg.hop_seconds) * features.sample_rate)
     if hop <= 0:
         raise AmirError(f"hop_seconds={cfg.hop_seconds}: must be positive")
@@ -122,50 +139,103 @@ def predict(cfg: DictConfig) -> list[dict]:
     net = module.net.to(device, memory_format=torch.channels_last).eval()
     first_conv = next(layer for layer in net.modules() if isinstance(layer, torch.nn.Conv2d))
     window_bytes = first_conv.out_channels * math.prod(module.hparams["input_shape"]) * 4  # float32, "same" padding
-    batch_size = _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes())
+    settings = ClipSettings(features, silence_gate(cfg.rms_threshold, stored), hop_samples=hop, pad_short=True)
+    return Scorer(
+        net,
+        list(module.hparams["class_names"]),
+        features,
+        settings,
+        device,
+        _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes()),
+    )
 
-    files, problems = find_inputs(cfg.inputs)
+
+def score_windows(
+    scorer: Scorer, files: list[Path], num_workers: int, windows_per_task: int, progress: bool = False
+) -> list[FileResult]:
+    """Every file's window softmaxes (``FileResult.window_probs``; status ok, silent or error)."""
     results = [FileResult(str(path)) for path in files]
-    gate = silence_gate(cfg.rms_threshold, stored)
-    settings = ClipSettings(features, gate, hop_samples=hop, pad_short=True)
-    tasks = make_tasks(_probe_all(files, settings, results), settings, cfg.windows_per_task)
+    tasks = make_tasks(_probe_all(files, scorer.settings, results), scorer.settings, windows_per_task)
     probabilities: dict[int, list[np.ndarray]] = {i: [] for i in range(len(files))}
+    bar = tqdm(total=len(tasks), unit="task", desc="windows", disable=not progress, dynamic_ncols=True)
     # The net keeps this process's threads; the workers decode and compute the mels.
-    for windows in run_tasks(tasks, settings, cfg.num_workers, one_thread_here=False):
+    for windows in run_tasks(tasks, scorer.settings, num_workers, one_thread_here=False):
+        bar.update()
         result = results[windows.task.file_index]
         result.silent_windows += windows.silent
         if windows.error:
             result.status, result.error = "error", windows.error
         if windows.mels is not None:
             result.offsets += windows.offsets
-            for start in range(0, len(windows.mels), batch_size):
-                batch = torch.from_numpy(windows.mels[start : start + batch_size]).unsqueeze(1)
-                batch = batch.to(device, memory_format=torch.channels_last)
+            for start in range(0, len(windows.mels), scorer.batch_size):
+                batch = torch.from_numpy(windows.mels[start : start + scorer.batch_size]).unsqueeze(1)
+                batch = batch.to(scorer.device, memory_format=torch.channels_last)
                 with torch.inference_mode():
                     probabilities[windows.task.file_index].append(
-                        torch.softmax(net(batch), dim=1).float().cpu().numpy()
+                        torch.softmax(scorer.net(batch), dim=1).float().cpu().numpy()
                     )
+    bar.close()
     for index, result in enumerate(results):
         if result.status == "error" and not probabilities[index]:
             continue
         if not probabilities[index]:
             result.status = "silent"
             continue
-        window_probs = np.concatenate(probabilities[index])
         result.status = "ok"  # a file that failed part-way keeps its windows and its error note
-        result.windows_used = len(window_probs)
-        result.scores = {rule: aggregate(window_probs, rule) for rule in AGGREGATIONS}
-        if cfg.timeline:
-            result.window_probabilities = window_probs.round(4).tolist()
-    rows = [_row(r, class_names, cfg) for r in results] + problems
+        result.window_probs = np.concatenate(probabilities[index])
+        result.windows_used = len(result.window_probs)
+        result.scores = {rule: aggregate(result.window_probs, rule) for rule in AGGREGATIONS}
+    return results
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    scorer = load_scorer(cfg)
+    files, problems = find_inputs(cfg.inputs)
+    results = score_windows(scorer, files, cfg.num_workers, cfg.windows_per_task, cfg.progress)
     run_dir = Path(cfg.paths.output_dir)
+    rows = [_row(r, scorer.class_names, cfg) for r in results] + problems
     _write_outputs(run_dir, rows)
+    if cfg.timeline:
+        pictures = write_timelines(run_dir / "timelines", results, scorer.class_names, scorer.features, cfg.aggregation)
+        if pictures:
+            print(f"timelines: {len(pictures)} PNG files in {run_dir / 'timelines'}")
     _print_table(rows)
     print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")
     if not any(row["status"] in ("ok", "silent") for row in rows):
         details = "; ".join(f"{row['file']}: {row['error']}" for row in rows[:5]) or "no input files"
         raise AmirError(f"nothing could be processed ({details})")
     return rows
+
+
+def write_timelines(
+    folder: Path, results: list[FileResult], class_names: list[str], features: FeatureParams, rule: str
+) -> list[Path]:
+    """One PNG per scored file: class probabilities over time (plots.plot_timeline), named after the
+    file (a number added where two files share a name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    window_seconds = features.clip_samples / features.sample_rate
+    written, taken = [], set()
+    for result in results:
+        if result.window_probs is None:
+            continue
+        stem, number = Path(result.file).stem, 1
+        name = f"{stem}.png"
+        while name in taken:
+            number += 1
+            name = f"{stem}-{number}.png"
+        taken.add(name)
+        figure = plot_timeline(
+            result.window_probs,
+            result.offsets,
+            window_seconds,
+            class_names,
+            result.scores[rule],
+            Path(result.file).name,
+        )
+        path = folder / name
+        atomic_write(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=100))
+        written.append(path)
+    return written
 
 
 def _batch_size(value, device: torch.device, window_activation_bytes: int, cache_bytes: int | None) -> int:
@@ -214,9 +284,9 @@ def _row(result: FileResult, class_names, cfg) -> dict:
         row["scores"] = {
             rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
         }
-    if result.window_probabilities:
+    if cfg.timeline and result.window_probs is not None:
         row["window_offsets_s"] = [round(o, 3) for o in result.offsets]
-        row["window_probabilities"] = result.window_probabilities
+        row["window_probabilities"] = result.window_probs.round(4).tolist()
     return row
 
 

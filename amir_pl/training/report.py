@@ -104,7 +104,7 @@ def write_reports(
 
     def confusion_png(tmp):
         figure = plot_confusion_matrices({split: s["confusion_matrix"] for split, s in summaries.items()}, class_names)
-        figure.savefig(tmp, format="png", dpi=120)
+        figure.savefig(tmp, format="png")
 
     for path, write in zip(paths, (metrics_json, per_class_csv, confusion_csv, confusion_png)):
         atomic_write(path, write)
@@ -119,22 +119,34 @@ def publish(run_dir: str | os.PathLike, summaries: Mapping[str, Mapping], class_
     print(f"reports: {run_dir}")
 
 
+# A confusion matrix is drawn to be read where TensorBoard shows it: its image is fitted to a card
+# about 500 pixels wide, so a panel is 640 pixels (6.4 in at 100 dpi) and the counts fill their cells.
+PANEL_INCHES = 6.4
+CARD_PIXELS = 500
+
+
 def plot_confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], class_names: Sequence[str]):
     """One panel per split: counts in cells, class names on both axes, rows true, columns predicted.
 
-    A bare matplotlib ``Figure``: no pyplot, so no global backend is chosen or switched (importing
-    this module does not import matplotlib) and nothing needs closing.
+    Sized for 12-20 classes at TensorBoard's default image size: each panel has the same width
+    whatever the number of classes, and the counts' font is as large as the widest count allows
+    in a cell. A bare matplotlib ``Figure``: no pyplot, so no global backend is chosen or switched
+    (importing this module does not import matplotlib) and nothing needs closing.
     """
     from matplotlib.figure import Figure
 
     n = len(class_names)
-    size = 1.6 + 0.45 * n
-    figure = Figure(figsize=(size * len(matrices), size))
+    figure = Figure(figsize=(PANEL_INCHES * len(matrices), PANEL_INCHES), dpi=100)
     axes = figure.subplots(1, len(matrices), squeeze=False)
+    label_size = 11 if n <= 14 else 9
     for axis, (split, matrix) in zip(axes[0], matrices.items()):
         counts = torch.as_tensor(matrix)
         axis.imshow(counts, cmap="Blues")
         threshold = counts.max().item() / 2 if counts.numel() else 0
+        digits = len(str(int(counts.max()))) if counts.numel() else 1
+        # the plot area is about 70 % of the panel; a digit is about 0.55 em wide, plus a margin
+        cell_points = 0.7 * PANEL_INCHES * 72 / max(n, 1)
+        count_size = max(6.0, min(14.0, cell_points / (0.6 * digits + 0.4)))
         for i in range(n):
             for j in range(n):
                 value = int(counts[i, j])
@@ -144,15 +156,15 @@ def plot_confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], cla
                     str(value),
                     ha="center",
                     va="center",
-                    fontsize=7,
+                    fontsize=count_size,
                     color="white" if value > threshold else "black",
                 )
-        axis.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
-        axis.set_yticks(range(n), class_names, fontsize=8)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
+        axis.set_xticks(range(n), class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=label_size)
+        axis.set_yticks(range(n), class_names, fontsize=label_size)
+        axis.set_xlabel("predicted", fontsize=label_size)
+        axis.set_ylabel("true", fontsize=label_size)
         accuracy = counts.diagonal().sum() / counts.sum().clamp(min=1)
-        axis.set_title(f"{split}: n={int(counts.sum())}, top-1 error {1 - float(accuracy):.1%}")
+        axis.set_title(f"{split}: n={int(counts.sum())}, top-1 error {1 - float(accuracy):.1%}", fontsize=12)
     figure.tight_layout()
     return figure
 

@@ -11,6 +11,11 @@ source, bank, program, instrument, style, ...). Each split names its families; a
 of a class are shared in turn by its families that have the class, and within a family by its
 sources. A sample library that is not installed is skipped with one line.
 
+With ``mixtures.count``, also multi-instrument excerpts of the families of ``mixtures.splits``:
+``<output>/mixtures/<split>/<split>-mix-<index>.flac`` with a ``.txt`` of the predominant
+instruments beside it (IRMAS's test-set form) and ``<output>/mixtures.csv``. Every part is a solo
+phrase (render_part, as a clip's) at its RMS level, the predominant ones the loudest.
+
 Soundfonts play in-process through pyfluidsynth (Debian ``libfluidsynth3``) or, where
 that is missing, tinysoundfont (pip); sample libraries through the multisample renderer
 (samples.py). Synths live only in worker processes (a
@@ -36,7 +41,7 @@ from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
 from amir_pl.core.files import atomic_write
-from amir_pl.core.labels import CLASS_NAMES
+from amir_pl.core.labels import CLASS_NAMES, irmas_code
 from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Phrase, compose_phrase
 from amir_pl.dataset.synth.renderers import FluidSynthRenderer, TinySoundFontRenderer, available_renderer, fallback_font
 from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument
@@ -73,6 +78,25 @@ class ClipResult:
 
 
 @dataclass(frozen=True)
+class MixtureJob:
+    split: str
+    index: int
+    seconds: float
+    labels: tuple[str, ...]  # the instruments, the predominant ones first
+    sources: tuple[str, ...]  # the source playing each
+    levels_db: tuple[float, ...]  # the RMS level of each: 0 for the predominant ones, below for the rest
+    predominant: int  # how many of the first instruments are predominant
+    seed: tuple[int, ...]
+
+
+@dataclass
+class MixtureResult:
+    job: MixtureJob
+    path: str
+    noise_snr_db: float | None
+
+
+@dataclass(frozen=True)
 class UsableSource:
     """A source that is installed, with the classes it can play."""
 
@@ -98,28 +122,42 @@ def _init_worker(renderer: str, settings: dict) -> None:
     _settings = settings
 
 
-def render_clip(job: ClipJob) -> ClipResult:
+@dataclass
+class Part:
+    """One instrument's phrase as rendered (render_part): a solo clip, or a stem of a mixture."""
+
+    audio: np.ndarray
+    phrase: Phrase
+    program: int | None  # soundfonts: the GM program played
+    instrument: str  # sample libraries: the instrument played
+    reverb: float
+    chorus: float
+    attempts: int
+
+
+def render_part(source: UsableSource, label: str, seconds: float, rng: np.random.Generator) -> Part:
+    """``seconds`` of a phrase of ``label`` played by ``source``, everything drawn from ``rng``,
+    peak-normalised to a random peak in ``peak_range``; a phrase that renders (almost) silent is
+    redrawn, up to 5 times."""
     s = _settings
-    source: UsableSource = s["sources"][job.source]
-    instrument = INSTRUMENTS[job.label]
-    frames = round(s["clip_seconds"] * s["sample_rate"])
-    rng = np.random.default_rng(job.seed)
+    instrument = INSTRUMENTS[label]
+    frames = round(seconds * s["sample_rate"])
     if source.kind == "soundfont":
         programs = [p for p in instrument.programs if _renderer.has_preset(source.location, instrument.bank, p)]
         if not programs:
             raise AmirError(
-                f"soundfont {source.location} has none of the {job.label} programs "
+                f"soundfont {source.location} has none of the {label} programs "
                 f"{list(instrument.programs)} (bank {instrument.bank})"
             )
     else:
-        players = _samples.instruments_for(source.name, source.location, job.label, source.instruments[job.label])
+        players = _samples.instruments_for(source.name, source.location, label, source.instruments[label])
     for attempt in range(1, 6):  # noqa: B007 (read after the loop) -- a phrase that renders (almost) silent is redrawn
         if source.kind == "soundfont":
             program = int(rng.choice(programs))
             channel = DRUM_CHANNEL if instrument.bank == 128 else 0
             reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
             chorus = float(rng.uniform(0.0, 0.5)) if rng.random() < s["effects_probability"] else 0.0
-            phrase = compose_phrase(instrument, s["clip_seconds"], rng)
+            phrase = compose_phrase(instrument, seconds, rng)
             _renderer.select(source.location, instrument.bank, program, channel)
             _renderer.effects(reverb, chorus)
             audio = _play(phrase, channel, frames)
@@ -127,8 +165,8 @@ def render_clip(job: ClipJob) -> ClipResult:
             played = f"bank {instrument.bank} program {program}"
         else:
             player = players[int(rng.integers(len(players)))]
-            reverb = chorus = 0.0
-            phrase = compose_phrase(instrument, s["clip_seconds"], rng)
+            program, reverb, chorus = None, 0.0, 0.0
+            phrase = compose_phrase(instrument, seconds, rng)
             audio = _samples.play(player, phrase, frames, rng)
             played = player.name
         peak = float(np.abs(audio).max())
@@ -137,7 +175,16 @@ def render_clip(job: ClipJob) -> ClipResult:
             if frame_rms_np(audio) > s["min_rms"]:
                 break
     else:
-        raise AmirError(f"{job.label} ({job.source}, {played}) rendered (almost) silent 5 times")
+        raise AmirError(f"{label} ({source.name}, {played}) rendered (almost) silent 5 times")
+    return Part(audio, phrase, program, played if source.kind == "samples" else "", reverb, chorus, attempt)
+
+
+def render_clip(job: ClipJob) -> ClipResult:
+    s = _settings
+    source: UsableSource = s["sources"][job.source]
+    rng = np.random.default_rng(job.seed)
+    part = render_part(source, job.label, s["clip_seconds"], rng)
+    audio = part.audio
     room = mic = None
     coloured = job.split in s["room_splits"]  # e.g. rooms in training only: val and test stay as recorded
     if coloured and s["room_probability"] and rng.random() < s["room_probability"]:  # no draw when off
@@ -146,31 +193,76 @@ def render_clip(job: ClipJob) -> ClipResult:
     if coloured and s["mic_probability"] and rng.random() < s["mic_probability"]:
         mic = float(rng.uniform(3.0, s["mic_db"]))
         audio = through_a_microphone(audio, s["sample_rate"], mic, rng)
-    snr = None
-    if rng.random() < s["noise_probability"]:
-        snr = float(rng.uniform(*s["noise_snr_db"]))
-        rms = np.sqrt(np.mean(audio**2))
-        audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr / 20)
-        audio = audio / max(1.0, float(np.abs(audio).max()))
+    audio, snr = _with_noise(audio, rng)
     name = f"{job.split}/{job.label}/{job.family}/{job.label}-{job.split}-{job.index:05d}.flac"
-    path = Path(s["output"]) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), audio.astype(np.float32), s["sample_rate"], subtype="PCM_16")
+    _write_flac(Path(s["output"]) / name, audio)
     return ClipResult(
         job,
         name,
-        instrument.bank if source.kind == "soundfont" else None,
-        program if source.kind == "soundfont" else None,
-        played if source.kind == "samples" else "",
-        phrase.style,
-        round(phrase.tempo, 1),
-        round(reverb, 3),
-        round(chorus, 3),
+        INSTRUMENTS[job.label].bank if source.kind == "soundfont" else None,
+        part.program,
+        part.instrument,
+        part.phrase.style,
+        round(part.phrase.tempo, 1),
+        round(part.reverb, 3),
+        round(part.chorus, 3),
         None if snr is None else round(snr, 1),
         None if room is None else round(room, 2),
         None if mic is None else round(mic, 1),
-        attempt,
+        part.attempts,
     )
+
+
+def render_mixture(job: MixtureJob) -> MixtureResult:
+    """The job's instruments, each a phrase of the mixture's length (render_part) brought to its RMS
+    level (0 dB for the predominant ones), summed, peak-normalised to a random peak in ``peak_range``,
+    with noise as the solo clips get it; the flac and its IRMAS-style .txt of the predominant ones."""
+    s = _settings
+    rng = np.random.default_rng(job.seed)
+    stems = []
+    for label, name, level_db in zip(job.labels, job.sources, job.levels_db, strict=True):
+        audio = render_part(s["sources"][name], label, job.seconds, rng).audio.astype(np.float64)
+        stems.append(audio / np.sqrt(np.mean(audio**2)) * 10 ** (level_db / 20))
+    mix = np.sum(stems, axis=0)
+    gain = float(rng.uniform(*s["peak_range"])) / float(np.abs(mix).max())
+    audio, snr = _with_noise((mix * gain).astype(np.float32), rng)
+    name = f"mixtures/{job.split}/{job.split}-mix-{job.index:05d}"
+    path = Path(s["output"]) / name
+    _write_flac(path.with_suffix(".flac"), audio)
+    lines = "".join(f"{irmas_code(label)}\n" for label in job.labels[: job.predominant])
+    atomic_write(path.with_suffix(".txt"), lambda tmp: tmp.write_text(lines))
+    if s["mixture_stems"]:  # each part as it is in the mix (before the noise), for checking or separation
+        for label, stem in zip(job.labels, stems, strict=True):
+            stem_path = Path(s["output"]) / f"mixture_stems/{job.split}/{path.name}/{label}.flac"
+            _write_flac(stem_path, np.clip(stem * gain, -1.0, 1.0).astype(np.float32))
+    return MixtureResult(job, f"{name}.flac", None if snr is None else round(snr, 1))
+
+
+def _with_noise(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float | None]:
+    """White noise at a random SNR, with ``noise_probability``; the peak kept at most 1."""
+    s = _settings
+    if rng.random() >= s["noise_probability"]:
+        return audio, None
+    snr = float(rng.uniform(*s["noise_snr_db"]))
+    rms = np.sqrt(np.mean(audio**2))
+    audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * rms / 10 ** (snr / 20)
+    return audio / max(1.0, float(np.abs(audio).max())), snr
+
+
+def _write_flac(path: Path, audio: np.ndarray) -> None:
+    """16-bit FLAC at the output rate, written under a temporary name and renamed (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path,
+        lambda tmp: soundfile.write(
+            str(tmp), audio.astype(np.float32), _settings["sample_rate"], format="FLAC", subtype="PCM_16"
+        ),
+    )
+
+
+def render_job(job: ClipJob | MixtureJob) -> ClipResult | MixtureResult:
+    """The pool's one entry point: solo clips and mixtures share the workers and the progress bar."""
+    return render_clip(job) if isinstance(job, ClipJob) else render_mixture(job)
 
 
 def in_a_room(audio: np.ndarray, rate: int, rt60: float, rng: np.random.Generator) -> np.ndarray:
@@ -303,12 +395,7 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
         per_class = round(cfg.clips_per_class * float(spec.fraction) / total_fraction)
         unplayed = []
         for class_index, label in enumerate(classes):
-            # families in the split's order, each with its sources that play this class
-            players = [
-                [source.name for source in sources.values() if source.family == family and label in source.classes]
-                for family in spec.families
-            ]
-            players = [names for names in players if names]
+            players = _players(sources, spec.families, label)
             if not players:
                 unplayed += [label] if per_class else []
                 continue
@@ -326,9 +413,85 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
             log.warning(
                 "split %s: no installed source of the families %s plays %s", split, list(spec.families), unplayed
             )
-    if not jobs:
-        raise AmirError("nothing to render: no installed source plays the classes in any split")
     return jobs
+
+
+def _players(sources: dict[str, UsableSource], families, label: str) -> list[list[str]]:
+    """The families (in the split's order) that play ``label``, each as its sources that do."""
+    players = [
+        [source.name for source in sources.values() if source.family == family and label in source.classes]
+        for family in families
+    ]
+    return [names for names in players if names]
+
+
+MIXTURE_SEED = 0x6D6978  # b"mix": a mixture's seed (seed, MIXTURE_SEED, split, index) is never a clip's
+
+
+def make_mixture_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[MixtureJob]:
+    """``mixtures.count`` mixtures for each split of ``mixtures.splits``, each drawn from its own seed:
+    its length, its instruments (distinct classes that the split's families play), how many of them
+    are predominant, a source of the split's families for each (a family that has the class, then one
+    of its sources that does) and the level of each accompanying one."""
+    m = cfg.mixtures
+    if not m.count:
+        return []
+    jobs = []
+    for split_index, (split, spec) in enumerate(cfg.splits.items()):
+        if split not in m.splits:
+            continue
+        players = {label: _players(sources, spec.families, label) for label in cfg.classes}
+        playable = [label for label in cfg.classes if players[label]]
+        if len(playable) < m.instruments[0]:
+            raise AmirError(
+                f"mixtures.instruments={list(m.instruments)}: the installed sources of split {split}'s families "
+                f"{list(spec.families)} play only {playable} of classes"
+            )
+        for index in range(m.count):
+            seed = (int(cfg.seed), MIXTURE_SEED, split_index, index)
+            rng = np.random.default_rng(seed)
+            seconds = round(float(rng.uniform(*m.seconds)), 1)
+            count = int(rng.integers(m.instruments[0], min(m.instruments[1], len(playable)) + 1))
+            predominant = int(rng.integers(m.predominant[0], min(m.predominant[1], count - 1) + 1))
+            labels = [playable[i] for i in rng.choice(len(playable), count, replace=False)]
+            chosen = []
+            for label in labels:
+                names = players[label][int(rng.integers(len(players[label])))]
+                chosen.append(names[int(rng.integers(len(names)))])
+            levels = [0.0] * predominant
+            levels += [round(float(rng.uniform(*m.background_db)), 1) for _ in range(count - predominant)]
+            jobs.append(
+                MixtureJob(split, index, seconds, tuple(labels), tuple(chosen), tuple(levels), predominant, (*seed, 1))
+            )
+    return jobs
+
+
+def _check_mixtures(cfg: DictConfig) -> None:
+    """The ``mixtures`` options make sense together; else one line naming the option."""
+    m = cfg.mixtures
+    for key in ("instruments", "predominant", "seconds", "background_db"):
+        if len(m[key]) != 2 or m[key][0] > m[key][1]:
+            raise AmirError(f"mixtures.{key}={list(m[key])}: give a range [low, high] with low <= high")
+    if m.count < 0:
+        raise AmirError(f"mixtures.count={m.count}: give the number of mixtures per split (0: none)")
+    if unknown := [split for split in m.splits if split not in cfg.splits]:
+        raise AmirError(
+            f"mixtures.splits={list(m.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
+        )
+    if m.instruments[0] < 2:
+        raise AmirError(f"mixtures.instruments={list(m.instruments)}: a mixture has at least 2 instruments")
+    if m.predominant[0] < 1 or m.predominant[0] >= m.instruments[0]:
+        raise AmirError(
+            f"mixtures.predominant={list(m.predominant)}: give 1 or more, and fewer than mixtures.instruments "
+            f"({list(m.instruments)}) so that every mixture has a quieter instrument"
+        )
+    if m.seconds[0] <= 0:
+        raise AmirError(f"mixtures.seconds={list(m.seconds)}: give a length in seconds above 0")
+    if m.background_db[1] >= 0:
+        raise AmirError(
+            f"mixtures.background_db={list(m.background_db)}: the accompanying instruments must be quieter "
+            "than the predominant ones (below 0 dB)"
+        )
 
 
 def synth(cfg: DictConfig) -> Path:
@@ -339,12 +502,18 @@ def synth(cfg: DictConfig) -> Path:
         raise AmirError(f"mic_db={cfg.mic_db}: the microphone colour's depth is drawn from 3 dB up to it; give >= 3")
     if unknown := sorted(set(cfg.room_splits) - {"train", "val", "test"}):
         raise AmirError(f"room_splits={list(cfg.room_splits)}: {unknown} not a split; name some of train, val, test")
+    if cfg.mixtures.count:
+        _check_mixtures(cfg)
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
+    mixture_jobs = make_mixture_jobs(cfg, sources)
+    if not jobs and not mixture_jobs:
+        raise AmirError("nothing to render: no installed source plays the classes in any split")
+    longest = max(float(cfg.clip_seconds), float(cfg.mixtures.seconds[1]) if mixture_jobs else 0.0)
     settings = {
         "sources": sources,
-        "max_sample_seconds": 2.5 * float(cfg.clip_seconds) + 0.5,  # no note needs more (at most 2x speed)
+        "max_sample_seconds": 2.5 * longest + 0.5,  # no note needs more (at most 2x speed)
         "output": str(output),
         "sample_rate": int(cfg.sample_rate),
         "clip_seconds": float(cfg.clip_seconds),
@@ -358,41 +527,68 @@ def synth(cfg: DictConfig) -> Path:
         "mic_probability": float(cfg.mic_probability),
         "mic_db": float(cfg.mic_db),
         "room_splits": set(cfg.room_splits),
+        "mixture_stems": bool(cfg.mixtures.stems),
     }
     output.mkdir(parents=True, exist_ok=True)
-    results = []
-    bar = tqdm(total=len(jobs), unit="clip", desc=f"amir-synth ({renderer})", disable=not cfg.progress)
+    results, mixtures = [], []
+    total = len(jobs) + len(mixture_jobs)
+    bar = tqdm(total=total, unit="file", desc=f"amir-synth ({renderer})", disable=not cfg.progress)
     # Always in worker processes, even for one: a process that has run a fluidsynth synth hangs
     # the children it forks later, so this one never creates a synth.
     pool = multiprocessing.get_context("fork").Pool(max(1, cfg.num_workers), _init_worker, (renderer, settings))
     try:
-        for result in pool.imap(render_clip, jobs, chunksize=4):
-            results.append(result)
+        for result in pool.imap(render_job, [*jobs, *mixture_jobs], chunksize=4):
+            (results if isinstance(result, ClipResult) else mixtures).append(result)
             bar.update()
     finally:
         bar.close()
         pool.terminate()
-    manifest = output / "manifest.csv"
-
-    def write_manifest(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
-                + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "room_rt60", "mic_db", "renderer"]
-            )
-            for r in results:
-                kind = sources[r.job.source].kind
-                writer.writerow(
-                    [r.path, r.job.label, r.job.split, r.job.family, r.job.source]
-                    + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
-                    + [r.style, r.tempo, r.reverb, r.chorus]
-                    + ["" if value is None else value for value in (r.noise_snr_db, r.room_rt60, r.mic_db)]
-                    + [renderer if kind == "soundfont" else MultisampleRenderer.name]
-                )
-
-    atomic_write(manifest, write_manifest)
-    counts = {split: dict(Counter(r.job.family for r in results if r.job.split == split)) for split in cfg.splits}
-    print(f"rendered {len(results)} clips into {output}, by split and family: {counts}")
-    print(f"manifest: {manifest}")
+    if results:
+        manifest = output / "manifest.csv"
+        atomic_write(manifest, lambda tmp: _write_manifest(tmp, results, sources, renderer))
+        counts = {split: dict(Counter(r.job.family for r in results if r.job.split == split)) for split in cfg.splits}
+        print(f"rendered {len(results)} clips into {output}, by split and family: {counts}")
+        print(f"manifest: {manifest}")
+    if mixtures:
+        listing = output / "mixtures.csv"
+        atomic_write(listing, lambda tmp: _write_mixtures_csv(tmp, mixtures, sources))
+        counts = dict(Counter(r.job.split for r in mixtures))
+        print(f"rendered {len(mixtures)} mixtures into {output / 'mixtures'}, by split: {counts}")
+        print(f"mixtures: {listing}")
     return output
+
+
+def _write_manifest(tmp: Path, results: list[ClipResult], sources: dict[str, UsableSource], renderer: str) -> None:
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
+            + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "room_rt60", "mic_db", "renderer"]
+        )
+        for r in results:
+            kind = sources[r.job.source].kind
+            writer.writerow(
+                [r.path, r.job.label, r.job.split, r.job.family, r.job.source]
+                + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
+                + [r.style, r.tempo, r.reverb, r.chorus]
+                + ["" if value is None else value for value in (r.noise_snr_db, r.room_rt60, r.mic_db)]
+                + [renderer if kind == "soundfont" else MultisampleRenderer.name]
+            )
+
+
+def _write_mixtures_csv(tmp: Path, mixtures: list[MixtureResult], sources: dict[str, UsableSource]) -> None:
+    """One row a mixture: ``path,labels`` (the predominant classes, as amir-evaluate-recordings reads
+    a manifest), then every instrument with its family, source and RMS level, ';'-separated in order."""
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path", "labels", "split", "instruments", "families", "sources", "level_db", "seconds", "noise_snr_db"]
+        )
+        for r in mixtures:
+            job = r.job
+            writer.writerow(
+                [r.path, ";".join(job.labels[: job.predominant]), job.split, ";".join(job.labels)]
+                + [";".join(sources[name].family for name in job.sources), ";".join(job.sources)]
+                + [";".join(str(level) for level in job.levels_db), job.seconds]
+                + ["" if r.noise_snr_db is None else r.noise_snr_db]
+            )

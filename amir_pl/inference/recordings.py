@@ -1,0 +1,393 @@
+"""Multi-label scores of labelled recordings (amir-evaluate-recordings): the IRMAS test protocol.
+
+Each recording lists one or more predominant instruments (IRMAS-TestingData: ``<name>.txt`` beside
+``<name>.wav``, one label per line; or a manifest CSV ``path,labels`` with labels separated by
+``;``). Windows are scored and aggregated per file by amir-predict's code (``han``: softmaxes
+summed, divided by their maximum; Han et al. 2016), a class is predicted where its file score
+reaches the threshold, and torchmetrics' multilabel metrics compare predictions with labels:
+micro and macro precision, recall and F1, per class, and the threshold-free label ranking average
+precision (LRAP) and mean average precision. A threshold is chosen (best micro F1) only on a
+validation list that shares no file with the test list.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchmetrics.functional.classification import (
+    binary_average_precision,
+    binary_precision_recall_curve,
+    multilabel_f1_score,
+    multilabel_precision,
+    multilabel_ranking_average_precision,
+    multilabel_recall,
+)
+
+from amir_pl.core.errors import AmirError
+from amir_pl.core.files import atomic_write
+from amir_pl.core.labels import canonical_name
+from amir_pl.features.audio import AUDIO_EXTENSIONS
+from amir_pl.inference.plots import plot_per_class_f1, plot_precision_recall
+from amir_pl.inference.predict import load_scorer, score_windows
+
+log = logging.getLogger(__name__)
+
+LABEL_POLICIES = ("drop", "skip")
+REPORT_FILES = ("metrics.json", "per_class.csv", "per_file.csv", "precision_recall.png", "per_class_f1.png")
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    path: Path
+    labels: tuple[str, ...]  # as written (IRMAS codes or class names)
+
+
+def read_labelled(inputs) -> tuple[list[LabelledFile], list[dict]]:
+    """Recordings with their labels from folders (``<name>.txt`` beside each audio file, searched
+    recursively), audio files (their ``.txt`` beside them) and manifest CSVs (``path,labels``; paths
+    relative to the manifest). Files without labels are returned as problems, not raised."""
+    found, problems = [], []
+    for entry in [inputs] if isinstance(inputs, str) else list(inputs):
+        path = Path(entry).expanduser()
+        if path.is_file() and path.suffix.lower() == ".csv":
+            found += read_manifest(path, problems)
+        elif path.is_dir() or path.is_file():
+            audio = (
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+                if path.is_dir()
+                else [path]
+            )
+            if not audio:
+                problems.append({"file": str(path), "reason": f"no audio files ({', '.join(AUDIO_EXTENSIONS)})"})
+            for file in audio:
+                text = file.with_suffix(".txt")
+                labels = _label_lines(text.read_text()) if text.is_file() else ()
+                if labels:
+                    found.append(LabelledFile(file, labels))
+                else:
+                    reason = "its labels file is empty" if text.is_file() else "no labels file"
+                    problems.append({"file": str(file), "reason": f"{reason} ({text.name} beside it)"})
+        else:
+            problems.append({"file": str(path), "reason": "no such file or folder"})
+    return found, problems
+
+
+def _label_lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def read_manifest(path: Path, problems: list[dict]) -> list[LabelledFile]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "labels"} <= set(reader.fieldnames or ()):
+            raise AmirError(
+                f"{path}: a manifest needs the columns path,labels (labels separated by ';'); "
+                f"it has {reader.fieldnames}"
+            )
+        rows = list(reader)
+    found = []
+    for row in rows:
+        file = Path(row["path"]).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        labels = tuple(label.strip() for label in (row["labels"] or "").split(";") if label.strip())
+        if not file.is_file():
+            problems.append({"file": str(file), "reason": f"listed in {path.name} but not found"})
+        elif not labels:
+            problems.append({"file": str(file), "reason": f"no labels in {path.name}"})
+        else:
+            found.append(LabelledFile(file, labels))
+    return found
+
+
+def resolve_labels(
+    files: Sequence[LabelledFile], class_names: Sequence[str], policy: str
+) -> tuple[list[tuple[Path, list[int]]], Counter, list[dict]]:
+    """Labels to the model's class indices (IRMAS codes and other aliases accepted). A label outside
+    the model's classes is dropped (``drop``; a file left without labels is skipped) or skips its
+    file (``skip``). Returns the kept files, the count of each outside label, and the skipped files."""
+    if policy not in LABEL_POLICIES:
+        raise AmirError(f"unknown_labels={policy!r}: expected one of {LABEL_POLICIES}")
+    index = {name: i for i, name in enumerate(class_names)}
+    kept, outside, skipped = [], Counter(), []
+    for file in files:
+        names = [canonical_name(label) for label in file.labels]
+        unknown = [label for label, name in zip(file.labels, names) if name not in index]
+        outside.update(canonical_name(label) for label in unknown)
+        known = sorted({index[name] for name in names if name in index})
+        if unknown and policy == "skip":
+            skipped.append({"file": str(file.path), "reason": f"labels outside the model's classes: {unknown}"})
+        elif not known:
+            skipped.append({"file": str(file.path), "reason": f"no label of the model's classes ({list(file.labels)})"})
+        else:
+            kept.append((file.path, known))
+    return kept, outside, skipped
+
+
+def multilabel_summary(
+    scores: torch.Tensor, target: torch.Tensor, threshold: float, class_names: Sequence[str]
+) -> dict:
+    """Micro and macro P/R/F1 at ``threshold``, per class, LRAP and mean average precision.
+
+    Macro averages run over the classes that have at least one label in ``target`` (as the IRMAS
+    papers average over IRMAS's classes; a class of the model that the list never names would count
+    as 0 otherwise); the classes left out are listed."""
+    n_classes = len(class_names)
+    target = target.int()
+    options = {"num_labels": n_classes, "threshold": threshold}
+    support = target.sum(dim=0)
+    present = support > 0
+    average_precision = torch.full((n_classes,), float("nan"))  # undefined for a class without labels
+    for i in present.nonzero().flatten().tolist():
+        average_precision[i] = binary_average_precision(scores[:, i], target[:, i])
+    per_class = {
+        "precision": multilabel_precision(scores, target, average="none", **options),
+        "recall": multilabel_recall(scores, target, average="none", **options),
+        "f1": multilabel_f1_score(scores, target, average="none", **options),
+        "average_precision": average_precision,
+    }
+    predicted = (scores >= threshold).sum(dim=0)
+    return {
+        "n": len(scores),
+        "labels": int(target.sum()),
+        "threshold": float(threshold),
+        "micro": {
+            "precision": float(multilabel_precision(scores, target, average="micro", **options)),
+            "recall": float(multilabel_recall(scores, target, average="micro", **options)),
+            "f1": float(multilabel_f1_score(scores, target, average="micro", **options)),
+        },
+        "macro": {name: float(per_class[name][present].mean()) for name in ("precision", "recall", "f1")},
+        "macro_over": [name for name, keep in zip(class_names, present.tolist()) if keep],
+        "lrap": float(multilabel_ranking_average_precision(scores, target, num_labels=n_classes)),
+        "map_macro": float(per_class["average_precision"][present].mean()),
+        "ap_micro": float(binary_average_precision(scores.flatten(), target.flatten())),
+        "per_class": {
+            name: {
+                "precision": float(per_class["precision"][i]),
+                "recall": float(per_class["recall"][i]),
+                "f1": float(per_class["f1"][i]),
+                "average_precision": float(per_class["average_precision"][i]) if present[i] else None,
+                "support": int(support[i]),
+                "predicted": int(predicted[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+    }
+
+
+def threshold_sweep(scores: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float]) -> list[dict]:
+    """Micro and macro F1 at each threshold."""
+    rows = []
+    present = target.sum(dim=0) > 0
+    for threshold in thresholds:
+        options = {"num_labels": target.shape[1], "threshold": float(threshold)}
+        per_class = multilabel_f1_score(scores, target.int(), average="none", **options)
+        micro = multilabel_f1_score(scores, target.int(), average="micro", **options)
+        rows.append(
+            {"threshold": float(threshold), "f1_micro": float(micro), "f1_macro": float(per_class[present].mean())}
+        )
+    return rows
+
+
+def best_threshold(sweep: Sequence[Mapping]) -> float:
+    """The threshold of the highest micro F1 (the lowest such threshold on a tie)."""
+    return max(sweep, key=lambda row: (row["f1_micro"], -row["threshold"]))["threshold"]
+
+
+@dataclass
+class ScoredList:
+    """One list of labelled recordings, scored."""
+
+    files: list[str]
+    labels: list[list[int]]
+    scores: torch.Tensor  # (files, classes) aggregated scores
+    target: torch.Tensor  # (files, classes) 0/1
+    outside: Counter
+    skipped: list[dict]
+    windows: int
+
+
+def score_list(cfg: DictConfig, scorer, inputs, rule: str) -> ScoredList:
+    labelled, problems = read_labelled(inputs)
+    kept, outside, skipped = resolve_labels(labelled, scorer.class_names, cfg.unknown_labels)
+    skipped = problems + skipped
+    results = score_windows(scorer, [path for path, _ in kept], cfg.num_workers, cfg.windows_per_task, cfg.progress)
+    files, labels, rows, windows = [], [], [], 0
+    for (path, known), result in zip(kept, results):
+        if result.window_probs is None:
+            skipped.append({"file": str(path), "reason": result.error or "every window is under the silence gate"})
+            continue
+        files.append(str(path))
+        labels.append(known)
+        rows.append(result.scores[rule])
+        windows += result.windows_used
+    if not files:
+        details = "; ".join(f"{p['file']}: {p['reason']}" for p in skipped[:5]) or "nothing found"
+        raise AmirError(f"inputs={inputs}: no labelled recording could be scored ({details})")
+    target = torch.zeros(len(files), len(scorer.class_names), dtype=torch.int)
+    for row, known in enumerate(labels):
+        target[row, known] = 1
+    scores = torch.from_numpy(np.stack(rows)).float()
+    return ScoredList(files, labels, scores, target, outside, skipped, windows)
+
+
+def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
+    if cfg.threshold == "val" and not cfg.val_inputs:
+        raise AmirError(
+            "threshold=val chooses the threshold on a validation list: add val_inputs=<labelled recordings "
+            "other than the test files>, or give a number, e.g. threshold=0.5"
+        )
+    if cfg.threshold != "val" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold <= 1):
+        raise AmirError(f"threshold={cfg.threshold!r}: expected a number in (0, 1] or 'val'")
+    scorer = load_scorer(cfg)
+    rule = str(cfg.aggregation)
+    lists = {}
+    if cfg.val_inputs:
+        lists["val"] = score_list(cfg, scorer, cfg.val_inputs, rule)
+    lists["test"] = score_list(cfg, scorer, cfg.inputs, rule)
+    if "val" in lists and (shared := set(lists["val"].files) & set(lists["test"].files)):
+        raise AmirError(
+            f"val_inputs and inputs share {len(shared)} files (e.g. {sorted(shared)[0]}): a threshold "
+            "chosen on the test files would flatter the result; give a separate validation list"
+        )
+    summaries, sweep = {}, None
+    if "val" in lists:
+        sweep = threshold_sweep(lists["val"].scores, lists["val"].target, list(cfg.sweep_thresholds))
+    threshold, chosen_on = (
+        (best_threshold(sweep), f"val_inputs ({len(lists['val'].files)} files): best micro F1")
+        if cfg.threshold == "val"
+        else (float(cfg.threshold), "the threshold option")
+    )
+    for split, scored in lists.items():
+        summary = multilabel_summary(scored.scores, scored.target, threshold, scorer.class_names)
+        summary.update(
+            threshold_chosen_on=chosen_on,
+            aggregation=rule,
+            hop_seconds=float(cfg.hop_seconds),
+            windows=scored.windows,
+            unknown_labels={"policy": str(cfg.unknown_labels), "outside_model": dict(scored.outside)},
+            skipped=scored.skipped,
+        )
+        if split == "val":
+            summary["threshold_sweep"] = sweep
+            summary["best_threshold"] = best_threshold(sweep)
+        summaries[split] = summary
+    run_dir = Path(cfg.paths.output_dir)
+    write_reports(run_dir, summaries, lists, scorer.class_names)
+    if cfg.tensorboard:
+        log_to_tensorboard(run_dir / "tensorboard", summaries, lists, scorer.class_names)
+    for split, summary in summaries.items():
+        print(format_summary(split, summary))
+    print(f"reports: {run_dir}")
+    return summaries
+
+
+def write_reports(
+    run_dir: Path, summaries: Mapping[str, dict], lists: Mapping[str, ScoredList], class_names: Sequence[str]
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def metrics_json(tmp):
+        Path(tmp).write_text(json.dumps(summaries, indent=2) + "\n")
+
+    def per_class_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "class", "precision", "recall", "f1", "average_precision", "support"])
+            for split, summary in summaries.items():
+                for name, c in summary["per_class"].items():
+                    ap = "" if c["average_precision"] is None else f"{c['average_precision']:.4f}"
+                    row = [f"{c[key]:.4f}" for key in ("precision", "recall", "f1")]
+                    writer.writerow([split, name, *row, ap, c["support"]])
+                for average in ("micro", "macro"):
+                    values = summary[average]
+                    row = [f"{values[key]:.4f}" for key in ("precision", "recall", "f1")]
+                    writer.writerow([split, f"average ({average})", *row, "", summary["labels"]])
+
+    def per_file_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "file", "labels", "predicted", *class_names])
+            for split, scored in lists.items():
+                threshold = summaries[split]["threshold"]
+                for file, labels, scores in zip(scored.files, scored.labels, scored.scores.tolist()):
+                    predicted = [name for name, score in zip(class_names, scores) if score >= threshold]
+                    names = ";".join(class_names[i] for i in labels)
+                    writer.writerow([split, file, names, ";".join(predicted), *(f"{s:.4f}" for s in scores)])
+
+    def precision_recall_png(tmp):
+        plot_precision_recall(_micro_curves(summaries, lists)).savefig(tmp, format="png", dpi=100)
+
+    def per_class_f1_png(tmp):
+        figure = plot_per_class_f1(_f1_by_split(summaries), class_names)
+        figure.savefig(tmp, format="png", dpi=100)
+
+    writers = (metrics_json, per_class_csv, per_file_csv, precision_recall_png, per_class_f1_png)
+    for name, write in zip(REPORT_FILES, writers):
+        atomic_write(run_dir / name, write)
+
+
+def _micro_curves(summaries, lists) -> dict:
+    curves = {}
+    for split, scored in lists.items():
+        precision, recall, _ = binary_precision_recall_curve(scored.scores.flatten(), scored.target.flatten())
+        curves[split] = (precision.numpy(), recall.numpy(), summaries[split]["ap_micro"])
+    return curves
+
+
+def _f1_by_split(summaries) -> dict:
+    return {
+        split: {name: c["f1"] for name, c in summary["per_class"].items() if c["support"]}
+        for split, summary in summaries.items()
+    }
+
+
+def log_to_tensorboard(
+    folder: Path, summaries: Mapping[str, dict], lists: Mapping[str, ScoredList], class_names: Sequence[str]
+) -> None:
+    """Scalars, the two figures and a precision-recall curve per class (TensorBoard's PR curves tab)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as writer:
+        for split, summary in summaries.items():
+            for average in ("micro", "macro"):
+                for name, value in summary[average].items():
+                    writer.add_scalar(f"{split}/{name}_{average}", value)
+            for name in ("lrap", "map_macro", "ap_micro", "threshold"):
+                writer.add_scalar(f"{split}/{name}", summary[name])
+            scored = lists[split]
+            for i, name in enumerate(class_names):
+                if summary["per_class"][name]["support"]:
+                    writer.add_pr_curve(f"{split}/pr/{name}", scored.target[:, i], scored.scores[:, i])
+        writer.add_figure("precision_recall", plot_precision_recall(_micro_curves(summaries, lists)))
+        writer.add_figure("per_class_f1", plot_per_class_f1(_f1_by_split(summaries), class_names))
+    print(f"tensorboard --logdir {folder}")
+
+
+def format_summary(split: str, summary: Mapping) -> str:
+    micro, macro = summary["micro"], summary["macro"]
+    lines = [
+        f"{split}: {summary['n']} files, {summary['labels']} labels, {summary['aggregation']} aggregation, "
+        f"threshold {summary['threshold']:.2f} ({summary['threshold_chosen_on']})",
+        f"  micro P {micro['precision']:.3f} R {micro['recall']:.3f} F1 {micro['f1']:.3f}   "
+        f"macro P {macro['precision']:.3f} R {macro['recall']:.3f} F1 {macro['f1']:.3f}   "
+        f"LRAP {summary['lrap']:.3f}  mAP {summary['map_macro']:.3f}",
+        f"  {'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'AP':>8}{'support':>9}",
+    ]
+    for name, c in summary["per_class"].items():
+        ap = "-" if c["average_precision"] is None else f"{c['average_precision']:.3f}"
+        lines.append(f"  {name:<18}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{ap:>8}{c['support']:>9}")
+    outside = summary["unknown_labels"]["outside_model"]
+    if outside:
+        lines.append(f"  labels outside the model ({summary['unknown_labels']['policy']}): {outside}")
+    if summary["skipped"]:
+        lines.append(f"  skipped {len(summary['skipped'])} files (metrics.json lists them)")
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""amir-evaluate-recordings: readers of labelled recordings, label policies, the multilabel metrics
+against values worked out by hand, the threshold chosen on validation only, the reports."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_prepare import write_tone
+
+from amir_pl.core.errors import AmirError
+from amir_pl.inference.predict import aggregate
+from amir_pl.inference.recordings import (
+    LabelledFile,
+    best_threshold,
+    evaluate_recordings,
+    multilabel_summary,
+    read_labelled,
+    resolve_labels,
+    threshold_sweep,
+)
+
+CLASSES = ("electric_bass", "cello", "drums", "flute", "piano")  # the tiny checkpoint's (conftest.TINY_CLASSES)
+
+
+def labelled_folder(root, labels_by_name, seconds=2.0):
+    """IRMAS-TestingData style: <name>.wav beside <name>.txt (None: no .txt)."""
+    for k, (name, labels) in enumerate(labels_by_name.items()):
+        write_tone(root / f"{name}.wav", seconds, 22050, 220.0 * (k + 1), seed=k)
+        if labels is not None:
+            (root / f"{name}.txt").write_text("".join(f"{label}\t\n" for label in labels))
+    return root
+
+
+def test_folder_reader_takes_the_txt_beside_each_file_and_notes_files_without_labels(tmp_path):
+    root = labelled_folder(tmp_path / "irmas", {"a": ["cel", "flu"], "b": None, "c": []})
+    write_tone(tmp_path / "irmas" / "deep" / "d.wav", 1.0, 22050)
+    (tmp_path / "irmas" / "deep" / "d.txt").write_text("pia\n")
+    found, problems = read_labelled(str(root))
+    assert [(f.path.name, f.labels) for f in found] == [("a.wav", ("cel", "flu")), ("d.wav", ("pia",))]
+    reasons = {p["file"].rsplit("/", 1)[-1]: p["reason"] for p in problems}
+    assert "no labels file (b.txt" in reasons["b.wav"] and "empty" in reasons["c.wav"]
+
+
+def test_manifest_reader_resolves_relative_paths_and_splits_labels_on_semicolons(tmp_path):
+    write_tone(tmp_path / "audio" / "x.wav", 1.0, 22050)
+    write_tone(tmp_path / "audio" / "y.wav", 1.0, 22050)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,labels\naudio/x.wav,cello; Flute\naudio/y.wav,\naudio/missing.wav,pia\n")
+    found, problems = read_labelled([str(manifest)])
+    assert found == [LabelledFile(tmp_path / "audio" / "x.wav", ("cello", "Flute"))]
+    assert sorted(p["reason"] for p in problems) == ["listed in list.csv but not found", "no labels in list.csv"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,instrument\nx.wav,cel\n")
+    with pytest.raises(AmirError, match=r"bad.csv: a manifest needs the columns path,labels"):
+        read_labelled(str(bad))
+
+
+def test_labels_outside_the_model_are_dropped_or_skip_their_file_as_asked(tmp_path):
+    files = [
+        LabelledFile(tmp_path / "1.wav", ("cel", "cla")),  # clarinet: not a class of the model
+        LabelledFile(tmp_path / "2.wav", ("cla",)),
+        LabelledFile(tmp_path / "3.wav", ("pia", "Flute", "pia")),
+    ]
+    kept, outside, skipped = resolve_labels(files, CLASSES, "drop")
+    assert [(p.name, labels) for p, labels in kept] == [("1.wav", [1]), ("3.wav", [3, 4])]
+    assert outside == {"clarinet": 2} and [s["file"].rsplit("/", 1)[-1] for s in skipped] == ["2.wav"]
+    kept, outside, skipped = resolve_labels(files, CLASSES, "skip")
+    assert [p.name for p, _ in kept] == ["3.wav"] and len(skipped) == 2
+    with pytest.raises(AmirError, match="unknown_labels='keep'"):
+        resolve_labels(files, CLASSES, "keep")
+
+
+def test_multilabel_metrics_equal_values_worked_out_by_hand():
+    # 3 files x 4 classes; the 4th class is never labelled (macro averages leave it out).
+    scores = torch.tensor([[0.9, 0.6, 0.1, 0.2], [0.45, 0.7, 0.4, 0.6], [0.8, 0.3, 0.55, 0.1]])
+    target = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0]])
+    s = multilabel_summary(scores, target, 0.5, ["a", "b", "c", "d"])
+    # predicted at 0.5: file 0 {a, b}, file 1 {b, d}, file 2 {a, c}: tp 3, fp 3, fn 1
+    assert s["micro"] == pytest.approx({"precision": 0.5, "recall": 0.75, "f1": 0.6})
+    per_class = [s["per_class"][name][key] for name in "abcd" for key in ("precision", "recall", "f1")]
+    assert per_class == pytest.approx([1, 1, 1, 0.5, 1, 2 / 3, 0, 0, 0, 0, 0, 0])
+    assert s["macro_over"] == ["a", "b", "c"]
+    assert s["macro"] == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 5 / 9})
+    # LRAP: file 1 ranks b first (1/1) and c fourth (2/4): (1 + 0.75 + 1) / 3
+    assert s["lrap"] == pytest.approx(11 / 12)
+    # AP: a 1, b 1, c 1/2 (one negative scored above it); d has no label
+    assert [s["per_class"][n]["average_precision"] for n in "abcd"] == pytest.approx([1, 1, 0.5, None])
+    assert s["map_macro"] == pytest.approx(5 / 6)
+    assert s["ap_micro"] == pytest.approx((1 + 1 + 1 + 4 / 8) / 4)  # positives at ranks 1, 2, 3, 8 of 12
+    assert s["per_class"]["d"]["support"] == 0 and s["per_class"]["d"]["predicted"] == 1
+    assert (s["n"], s["labels"]) == (3, 4)
+
+
+def test_threshold_sweep_and_the_best_threshold():
+    scores = torch.tensor([[0.9, 0.6], [0.3, 0.7], [0.8, 0.2]])
+    target = torch.tensor([[1, 0], [0, 1], [1, 0]])
+    sweep = threshold_sweep(scores, target, [0.5, 0.65, 0.75, 0.95])
+    assert [row["f1_micro"] for row in sweep] == pytest.approx([6 / 7, 1.0, 0.8, 0.0])
+    assert best_threshold(sweep) == 0.65
+    tie = [{"threshold": 0.3, "f1_micro": 0.9}, {"threshold": 0.2, "f1_micro": 0.9}]
+    assert best_threshold(tie) == 0.2
+
+
+@pytest.fixture(scope="module")
+def val_and_test(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recordings")
+    val = labelled_folder(root / "val", {"v1": ["cel"], "v2": ["flu", "pia"], "v3": ["drums"], "v4": ["bass"]})
+    test = labelled_folder(root / "test", {"t1": ["pia"], "t2": ["cel", "cla"], "t3": ["cla"], "t4": ["flu"]}, 3.0)
+    return val, test
+
+
+def run(compose_cfg, checkpoint, *overrides):
+    cfg = compose_cfg("evaluate_recordings", [f"ckpt_path={checkpoint}", "num_workers=1", "progress=false", *overrides])
+    return evaluate_recordings(cfg)
+
+
+def test_threshold_is_chosen_on_the_validation_list_and_reports_are_written(
+    compose_cfg, checkpoint, val_and_test, tmp_path
+):
+    val, test = val_and_test
+    summaries = run(compose_cfg, checkpoint, f"inputs={test}", f"val_inputs={val}", "threshold=val", "tensorboard=true")
+    assert summaries["test"]["threshold"] == summaries["val"]["best_threshold"] == summaries["val"]["threshold"]
+    assert "val_inputs (4 files)" in summaries["test"]["threshold_chosen_on"]
+    assert "threshold_sweep" not in summaries["test"] and "best_threshold" not in summaries["test"]
+    with open(tmp_path / "per_file.csv") as f:
+        rows = list(csv.DictReader(f))
+    # the chosen threshold is the best micro F1 of the validation files' scores, recomputed here
+    val_rows = [r for r in rows if r["split"] == "val"]
+    scores = torch.tensor([[float(r[name]) for name in CLASSES] for r in val_rows])
+    target = torch.tensor([[int(name in r["labels"].split(";")) for name in CLASSES] for r in val_rows])
+    sweep = threshold_sweep(scores, target, [row["threshold"] for row in summaries["val"]["threshold_sweep"]])
+    assert summaries["test"]["threshold"] == pytest.approx(best_threshold(sweep), abs=1e-6)
+    # clarinet (cla) is outside the model: dropped from t2, and t3 (clarinet only) skipped
+    test_rows = {r["file"].rsplit("/", 1)[-1]: r for r in rows if r["split"] == "test"}
+    assert set(test_rows) == {"t1.wav", "t2.wav", "t4.wav"} and test_rows["t2.wav"]["labels"] == "cello"
+    assert summaries["test"]["unknown_labels"] == {"policy": "drop", "outside_model": {"clarinet": 2}}
+    assert [s["file"].rsplit("/", 1)[-1] for s in summaries["test"]["skipped"]] == ["t3.wav"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved) == {"val", "test"} and saved["test"]["micro"] == summaries["test"]["micro"]
+    for name in ("per_class.csv", "precision_recall.png", "per_class_f1.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_file_scores_are_amir_predicts_aggregation_of_the_windows(compose_cfg, checkpoint, val_and_test, tmp_path):
+    from amir_pl.inference.predict import predict
+
+    _, test = val_and_test
+    run(compose_cfg, checkpoint, f"inputs={test / 't1.wav'}", "aggregation=han", "hop_seconds=0.5")
+    with open(tmp_path / "per_file.csv") as f:
+        row = next(csv.DictReader(f))
+    overrides = ["num_workers=1", "hop_seconds=0.5", "timeline=true", "progress=false"]
+    predicted = predict(compose_cfg("predict", [f"ckpt_path={checkpoint}", f"inputs={test / 't1.wav'}", *overrides]))[0]
+    windows = np.array(predicted["window_probabilities"])
+    assert len(windows) == int((3.0 - 16384 / 22050) // 0.5) + 1
+    np.testing.assert_allclose([float(row[name]) for name in CLASSES], aggregate(windows, "han"), atol=2e-4)
+
+
+def test_errors_name_the_option_and_the_fix(compose_cfg, checkpoint, val_and_test, tmp_path):
+    val, test = val_and_test
+    with pytest.raises(AmirError, match="threshold=val chooses the threshold on a validation list: add val_inputs"):
+        run(compose_cfg, checkpoint, f"inputs={test}", "threshold=val")
+    with pytest.raises(AmirError, match="val_inputs and inputs share 3 files"):
+        run(compose_cfg, checkpoint, f"inputs={test}", f"val_inputs={test}", "threshold=val")
+    with pytest.raises(AmirError, match=r"threshold=1.5: expected a number in \(0, 1\] or 'val'"):
+        run(compose_cfg, checkpoint, f"inputs={test}", "threshold=1.5")
+    with pytest.raises(AmirError, match="no labelled recording could be scored"):
+        run(compose_cfg, checkpoint, f"inputs={test / 't3.wav'}")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_console_script(checkpoint, val_and_test, tmp_path):
+    from conftest import run_console_script
+
+    _, test = val_and_test
+    result = run_console_script(
+        "amir-evaluate-recordings",
+        f"ckpt_path={checkpoint}",
+        f"inputs={test}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "micro P" in result.stdout and (tmp_path / "run" / "metrics.json").is_file()
+    result = run_console_script(
+        "amir-evaluate-recordings", f"ckpt_path={checkpoint}", f"inputs={test}", "unknown_labels=maybe", cwd=tmp_path
+    )
+    assert result.returncode != 0 and "unknown_labels" in result.stderr
