@@ -67,16 +67,19 @@ test-fast: install  # skips the subprocess and DDP tests
 quickstart: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/families clips_per_class=$(FAMILY_CLIPS) layout=families overwrite=true
 	$(BIN)/amir-prepare source=$(DATA)/families output=$(DATA)/families.h5 overwrite=true
-	$(BIN)/amir-train data.path=$(DATA)/families.h5 experiment=transfer
+	$(BIN)/amir-train data.path=$(DATA)/families.h5 experiment=transfer task_name=quickstart
 
 # The IRMAS test protocol on built-in mixtures (docs/results.md, "Mixtures"): 2-4 instruments, 5-20 s,
 # validation mixtures from lmms (the threshold is chosen there), test mixtures from the held-out tim
-# family; scores the newest checkpoint of `make quickstart` with amir-evaluate-recordings.
+# family; scores the best checkpoint of the newest `make quickstart` run with amir-evaluate-recordings.
 MIXTURES ?= 100
 mixtures: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/mixtures layout=families clips_per_class=0 mixtures.count=$(MIXTURES) \
 	  'mixtures.splits=[val,test]' overwrite=true
-	$(BIN)/amir-evaluate-recordings task_name=mixtures ckpt_path=$$(ls -t outputs/train/*/checkpoints/epoch*.ckpt | head -1) \
+	@run=$$(ls -td outputs/quickstart/*/ 2>/dev/null | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt 2>/dev/null | head -1); \
+	if [ -z "$$ckpt" ]; then echo "make mixtures: no checkpoint in outputs/quickstart/: run make quickstart first"; exit 2; fi; \
+	echo "scoring $$ckpt"; \
+	$(BIN)/amir-evaluate-recordings task_name=mixtures ckpt_path=$$ckpt \
 	  inputs=$(DATA)/mixtures/mixtures/test val_inputs=$(DATA)/mixtures/mixtures/val threshold=val
 
 # The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.

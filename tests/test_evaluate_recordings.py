@@ -43,17 +43,25 @@ def test_folder_reader_takes_the_txt_beside_each_file_and_notes_files_without_la
     assert "no labels file (b.txt" in reasons["b.wav"] and "empty" in reasons["c.wav"]
 
 
+def test_irmas_txt_quirks_byte_order_mark_windows_line_ends_tabs_and_a_file_named_twice(tmp_path):
+    write_tone(tmp_path / "Part1" / "x.wav", 1.0, 22050)
+    (tmp_path / "Part1" / "x.txt").write_bytes("\ufeffgel\t\r\n  voi \r\n\r\n".encode())
+    found, problems = read_labelled([str(tmp_path), str(tmp_path / "Part1" / "x.wav")])
+    assert found == [LabelledFile(tmp_path / "Part1" / "x.wav", ("gel", "voi"))] and not problems
+
+
 def test_manifest_reader_resolves_relative_paths_and_splits_labels_on_semicolons(tmp_path):
     write_tone(tmp_path / "audio" / "x.wav", 1.0, 22050)
     write_tone(tmp_path / "audio" / "y.wav", 1.0, 22050)
     manifest = tmp_path / "list.csv"
-    manifest.write_text("path,labels\naudio/x.wav,cello; Flute\naudio/y.wav,\naudio/missing.wav,pia\n")
+    manifest.write_text("path , labels\naudio/x.wav ,cello; Flute\naudio/y.wav,\naudio/missing.wav,pia\n,cel\n")
     found, problems = read_labelled([str(manifest)])
     assert found == [LabelledFile(tmp_path / "audio" / "x.wav", ("cello", "Flute"))]
-    assert sorted(p["reason"] for p in problems) == ["listed in list.csv but not found", "no labels in list.csv"]
+    reasons = sorted(p["reason"] for p in problems)
+    assert reasons == ["listed in list.csv (line 4) but not found", "no labels in list.csv (line 3)", "no path"]
     bad = tmp_path / "bad.csv"
     bad.write_text("file,instrument\nx.wav,cel\n")
-    with pytest.raises(AmirError, match=r"bad.csv: a manifest needs the columns path,labels"):
+    with pytest.raises(AmirError, match=r"bad.csv: a manifest of labelled recordings needs the columns path,labels"):
         read_labelled(str(bad))
 
 
@@ -62,12 +70,14 @@ def test_labels_outside_the_model_are_dropped_or_skip_their_file_as_asked(tmp_pa
         LabelledFile(tmp_path / "1.wav", ("cel", "cla")),  # clarinet: not a class of the model
         LabelledFile(tmp_path / "2.wav", ("cla",)),
         LabelledFile(tmp_path / "3.wav", ("pia", "Flute", "pia")),
+        LabelledFile(tmp_path / "4.wav", ("pia", "pianoo")),  # a typo names no instrument: always skipped
     ]
     kept, outside, skipped = resolve_labels(files, CLASSES, "drop")
     assert [(p.name, labels) for p, labels in kept] == [("1.wav", [1]), ("3.wav", [3, 4])]
-    assert outside == {"clarinet": 2} and [s["file"].rsplit("/", 1)[-1] for s in skipped] == ["2.wav"]
+    assert outside == {"clarinet": 2} and [s["file"].rsplit("/", 1)[-1] for s in skipped] == ["2.wav", "4.wav"]
+    assert "labels that name no instrument: ['pianoo']" in skipped[1]["reason"]
     kept, outside, skipped = resolve_labels(files, CLASSES, "skip")
-    assert [p.name for p, _ in kept] == ["3.wav"] and len(skipped) == 2
+    assert [p.name for p, _ in kept] == ["3.wav"] and len(skipped) == 3
     with pytest.raises(AmirError, match="unknown_labels='keep'"):
         resolve_labels(files, CLASSES, "keep")
 
@@ -135,7 +145,7 @@ def test_threshold_is_chosen_on_the_validation_list_and_reports_are_written(
     # clarinet (cla) is outside the model: dropped from t2, and t3 (clarinet only) skipped
     test_rows = {r["file"].rsplit("/", 1)[-1]: r for r in rows if r["split"] == "test"}
     assert set(test_rows) == {"t1.wav", "t2.wav", "t4.wav"} and test_rows["t2.wav"]["labels"] == "cello"
-    assert summaries["test"]["unknown_labels"] == {"policy": "drop", "outside_model": {"clarinet": 2}}
+    assert summaries["test"]["unknown_labels"] == {"policy": "drop", "outside_classes": {"clarinet": 2}}
     assert [s["file"].rsplit("/", 1)[-1] for s in summaries["test"]["skipped"]] == ["t3.wav"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved) == {"val", "test"} and saved["test"]["micro"] == summaries["test"]["micro"]
@@ -164,8 +174,8 @@ def test_errors_name_the_option_and_the_fix(compose_cfg, checkpoint, val_and_tes
         run(compose_cfg, checkpoint, f"inputs={test}", "threshold=val")
     with pytest.raises(AmirError, match="val_inputs and inputs share 3 files"):
         run(compose_cfg, checkpoint, f"inputs={test}", f"val_inputs={test}", "threshold=val")
-    with pytest.raises(AmirError, match=r"threshold=1.5: expected a number in \(0, 1\] or 'val'"):
-        run(compose_cfg, checkpoint, f"inputs={test}", "threshold=1.5")
+    with pytest.raises(AmirError, match=r"threshold=1.0: expected a number in \(0, 1\) or 'val'"):
+        run(compose_cfg, checkpoint, f"inputs={test}", "threshold=1.0")
     with pytest.raises(AmirError, match="no labelled recording could be scored"):
         run(compose_cfg, checkpoint, f"inputs={test / 't3.wav'}")
     assert not (tmp_path / "metrics.json").exists()
@@ -189,3 +199,53 @@ def test_console_script(checkpoint, val_and_test, tmp_path):
         "amir-evaluate-recordings", f"ckpt_path={checkpoint}", f"inputs={test}", "unknown_labels=maybe", cwd=tmp_path
     )
     assert result.returncode != 0 and "unknown_labels" in result.stderr
+
+
+def test_a_score_at_the_threshold_is_not_a_prediction_in_the_metrics_nor_in_the_counts():
+    scores = torch.tensor([[1.0, 0.5], [0.5, 1.0]])  # han scores: the top class is 1
+    target = torch.tensor([[1, 1], [0, 1]])
+    s = multilabel_summary(scores, target, 0.5, ["a", "b"])
+    assert [s["per_class"][n]["predicted"] for n in "ab"] == [1, 1]
+    assert s["micro"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8})
+
+
+def test_the_test_list_gets_the_validation_lists_best_threshold_not_its_own(
+    compose_cfg, checkpoint, val_and_test, monkeypatch
+):
+    """Scores made up so that the best thresholds differ: 0.3 on validation, 0.8 on test."""
+    from collections import Counter
+
+    from amir_pl.inference import recordings
+
+    val_scores = torch.tensor([[0.35, 0.2, 0.1, 0.1, 0.1], [0.1, 0.4, 0.1, 0.1, 0.1]])
+    test_scores = torch.tensor([[0.9, 0.7, 0.1, 0.1, 0.1], [0.1, 0.85, 0.1, 0.1, 0.1]])
+    target = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]])
+    made_up = {
+        option: recordings.ScoredList(
+            [f"{option}{i}.wav" for i in range(2)], [[0], [1]], s, target, Counter(), [], 2, []
+        )
+        for option, s in (("val_inputs", val_scores), ("inputs", test_scores))
+    }
+    monkeypatch.setattr(recordings, "score_list", lambda cfg, scorer, option, listed, columns: made_up[option])
+    val, test = val_and_test
+    grid = "sweep_thresholds=[0.3,0.8]"
+    summaries = run(compose_cfg, checkpoint, f"inputs={test}", f"val_inputs={val}", "threshold=val", grid)
+    assert best_threshold(threshold_sweep(test_scores, target, [0.3, 0.8])) == 0.8
+    assert summaries["val"]["best_threshold"] == summaries["test"]["threshold"] == 0.3
+    assert summaries["test"]["micro"]["precision"] == pytest.approx(2 / 3)  # at 0.3 the test list has a false positive
+
+
+def test_eval_classes_restrict_the_scored_classes_and_han_is_taken_over_them(
+    compose_cfg, checkpoint, val_and_test, tmp_path
+):
+    val, _ = val_and_test  # labels: v1 cello, v2 flute + piano, v3 drums, v4 bass
+    summaries = run(compose_cfg, checkpoint, f"inputs={val}", "eval_classes=irmas", "threshold=0.5")
+    summary = summaries["test"]
+    assert list(summary["per_class"]) == summary["classes"] == ["cello", "flute", "piano"]
+    assert summary["unknown_labels"]["outside_classes"] == {"drums": 1, "electric_bass": 1}
+    assert summary["n"] == 2  # v3 and v4 have no label of the evaluated classes
+    with open(tmp_path / "per_file.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(max(float(r[name]) for name in ("cello", "flute", "piano")) == 1.0 for r in rows)
+    with pytest.raises(AmirError, match=r"eval_classes=\['piano', 'cla'\]: \['clarinet'\]; the model's classes"):
+        run(compose_cfg, checkpoint, f"inputs={val}", "eval_classes=[piano,cla]")

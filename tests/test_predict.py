@@ -178,14 +178,15 @@ def test_timeline_rows_are_classes_columns_windows_and_silent_windows_stay_blank
 
     names = ["a", "b", "c"]
     probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
-    offsets = [0.0, 0.5, 1.5]  # the window at 1.0 s was silent
+    offsets = [0.0, 0.5, 1.5]  # windows every 0.5 s; the one at 1.0 s and the last (2.0 s) were silent
     scores = aggregate(probs, "han")
-    figure = plot_timeline(probs, offsets, 3.0, names, scores, "take.wav")
+    figure = plot_timeline(probs, offsets, 0.5, 3.0, 5, names, scores, "take.wav")
     axis = figure.axes[0]
     grid = np.ma.filled(axis.images[0].get_array(), np.nan)
-    expected = np.array([[0.7, 0.6, np.nan, 0.1], [0.2, 0.3, np.nan, 0.8], [0.1, 0.1, np.nan, 0.1]])
+    nan = np.nan
+    expected = np.array([[0.7, 0.6, nan, 0.1, nan], [0.2, 0.3, nan, 0.8, nan], [0.1, 0.1, nan, 0.1, nan]])
     np.testing.assert_allclose(grid, expected)
-    assert axis.images[0].get_extent() == pytest.approx([1.25, 3.25, 2.5, -0.5])  # window centres 1.5 .. 3.0 s
+    assert axis.images[0].get_extent() == pytest.approx([1.25, 3.75, 2.5, -0.5])  # window centres 1.5 .. 3.5 s
     labels = [tick.get_text() for tick in axis.get_yticklabels()]
     assert labels == [f"a  {scores[0]:.2f}", f"b  {scores[1]:.2f}", f"c  {scores[2]:.2f}"]
     assert axis.get_title() == "take.wav: a, b, c"

@@ -23,3 +23,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_table(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV file's header and its rows as ``(line number, {column: value})``, names and values stripped
+    of surrounding spaces, a byte-order mark (as spreadsheet programs write) ignored, a missing cell ''."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [name.strip() for name in reader.fieldnames or []]
+        rows = [
+            (line, {key.strip(): (value or "").strip() for key, value in row.items() if isinstance(key, str)})
+            for line, row in enumerate(reader, start=2)
+        ]
+    return fields, rows

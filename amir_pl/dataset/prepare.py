@@ -16,7 +16,6 @@ trainer's contiguous reads rely on); the result does not depend on ``num_workers
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections import Counter, defaultdict
@@ -29,7 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
-from amir_pl.core.files import atomic_write
+from amir_pl.core.files import atomic_write, read_table
 from amir_pl.core.labels import canonical_name
 from amir_pl.dataset.schema import SPLITS, DatasetWriter, shuffle_rows
 from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, clip_count, probe
@@ -82,23 +81,18 @@ def scan_tree(root: Path) -> tuple[list[Recording], list[dict]]:
 def read_manifest(manifest: Path) -> list[Recording]:
     """A CSV with columns ``path,label[,split][,family]``; relative paths are relative to the manifest's folder."""
     base = manifest.parent
-    with manifest.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [name.strip() for name in reader.fieldnames or []]
-        if "path" not in fields or "label" not in fields:
-            raise AmirError(
-                f"source={manifest}: a manifest needs a header with columns path,label[,split]; found {fields}"
-            )
-        recordings = []
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            split = row.get("split") or None
-            if split is not None and split not in SPLITS:
-                raise AmirError(f"source={manifest}, line {line}: split {split!r} is not one of {list(SPLITS)}")
-            path = Path(row["path"])
-            absolute = path if path.is_absolute() else base / path
-            label = canonical_name(row["label"])
-            recordings.append(Recording(absolute, row["path"], label, split, row.get("family") or None))
+    fields, rows = read_table(manifest)
+    if "path" not in fields or "label" not in fields:
+        raise AmirError(f"source={manifest}: a manifest needs a header with columns path,label[,split]; found {fields}")
+    recordings = []
+    for line, row in rows:
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise AmirError(f"source={manifest}, line {line}: split {split!r} is not one of {list(SPLITS)}")
+        path = Path(row.get("path", ""))
+        absolute = path if path.is_absolute() else base / path
+        label = canonical_name(row.get("label", ""))
+        recordings.append(Recording(absolute, row.get("path", ""), label, split, row.get("family") or None))
     return recordings
 
 

@@ -47,8 +47,9 @@ class EvaluateRecordingsConfig:
     inputs: Any = MISSING  # labelled recordings: folders, audio files with .txt beside, manifest CSVs
     val_inputs: Any = MISSING  # null, or a validation list in the same forms
     unknown_labels: UnknownLabels = MISSING
+    eval_classes: Any = MISSING  # model | irmas | a list of classes
     aggregation: Aggregation = MISSING
-    threshold: Any = MISSING  # a number in (0, 1], or "val"
+    threshold: Any = MISSING  # a number in (0, 1), or "val"
     sweep_thresholds: list[float] = MISSING
     hop_seconds: float = MISSING
     rms_threshold: float | None = MISSING

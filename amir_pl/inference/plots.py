@@ -17,28 +17,30 @@ TOP_LABELLED = 3  # classes named on a timeline beside their file score
 def plot_timeline(
     window_probs: np.ndarray,
     offsets: Sequence[float],
+    hop_seconds: float,
     window_seconds: float,
+    total_windows: int,
     class_names: Sequence[str],
     file_scores: np.ndarray,
     title: str,
 ):
-    """One row per class, one column per window position (its centre in seconds), the colour the
-    window's softmax probability; silent windows (not scored) stay blank. The file's top classes
-    are in bold with their aggregated score, so a person sees where each instrument plays."""
+    """One row per class, one column per window position of the file (``total_windows`` of them,
+    one every ``hop_seconds``, at the window's centre in seconds), the colour the window's softmax
+    probability; silent windows (not scored) stay blank, at the start and end too. The file's top
+    classes are in bold with their aggregated score, so a person sees where each instrument plays."""
     from matplotlib.figure import Figure
 
     probs = np.asarray(window_probs, dtype=float)
-    centres = np.asarray(offsets, dtype=float) + window_seconds / 2
-    steps = np.diff(centres)
-    hop = float(steps[steps > 0].min()) if (steps > 0).any() else window_seconds
-    columns = np.round((centres - centres[0]) / hop).astype(int)
-    grid = np.full((len(class_names), columns[-1] + 1), np.nan)
+    hop = float(hop_seconds)
+    columns = np.round(np.asarray(offsets, dtype=float) / hop).astype(int)
+    grid = np.full((len(class_names), max(int(total_windows), int(columns.max()) + 1)), np.nan)
     grid[:, columns] = probs.T
     top = [int(i) for i in np.argsort(-np.asarray(file_scores), kind="stable")[:TOP_LABELLED]]
 
     figure = Figure(figsize=(10, 1.2 + 0.32 * len(class_names)))
     axis = figure.subplots()
-    start, end = centres[0] - hop / 2, centres[0] + (columns[-1] + 0.5) * hop
+    first = window_seconds / 2  # the centre of the first window
+    start, end = first - hop / 2, first + (grid.shape[1] - 0.5) * hop
     image = axis.imshow(
         grid,
         aspect="auto",

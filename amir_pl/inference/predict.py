@@ -196,7 +196,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     rows = [_row(r, scorer.class_names, cfg) for r in results] + problems
     _write_outputs(run_dir, rows)
     if cfg.timeline:
-        pictures = write_timelines(run_dir / "timelines", results, scorer.class_names, scorer.features, cfg.aggregation)
+        pictures = write_timelines(
+            run_dir / "timelines", results, scorer.class_names, scorer.features, float(cfg.hop_seconds), cfg.aggregation
+        )
         if pictures:
             print(f"timelines: {len(pictures)} PNG files in {run_dir / 'timelines'}")
     _print_table(rows)
@@ -208,7 +210,12 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 
 def write_timelines(
-    folder: Path, results: list[FileResult], class_names: list[str], features: FeatureParams, rule: str
+    folder: Path,
+    results: list[FileResult],
+    class_names: list[str],
+    features: FeatureParams,
+    hop_seconds: float,
+    rule: str,
 ) -> list[Path]:
     """One PNG per scored file: class probabilities over time (plots.plot_timeline), named after the
     file (a number added where two files share a name)."""
@@ -227,7 +234,9 @@ def write_timelines(
         figure = plot_timeline(
             result.window_probs,
             result.offsets,
+            hop_seconds,
             window_seconds,
+            result.windows_used + result.silent_windows,
             class_names,
             result.scores[rule],
             Path(result.file).name,

@@ -4,7 +4,7 @@ Each recording lists one or more predominant instruments (IRMAS-TestingData: ``<
 ``<name>.wav``, one label per line; or a manifest CSV ``path,labels`` with labels separated by
 ``;``). Windows are scored and aggregated per file by amir-predict's code (``han``: softmaxes
 summed, divided by their maximum; Han et al. 2016), a class is predicted where its file score
-reaches the threshold, and torchmetrics' multilabel metrics compare predictions with labels:
+exceeds the threshold, and torchmetrics' multilabel metrics compare predictions with labels:
 micro and macro precision, recall and F1, per class, and the threshold-free label ranking average
 precision (LRAP) and mean average precision. A threshold is chosen (best micro F1) only on a
 validation list that shares no file with the test list.
@@ -33,11 +33,10 @@ from torchmetrics.functional.classification import (
 )
 
 from amir_pl.core.errors import AmirError
-from amir_pl.core.files import atomic_write
-from amir_pl.core.labels import canonical_name
-from amir_pl.features.audio import AUDIO_EXTENSIONS
+from amir_pl.core.files import atomic_write, read_table
+from amir_pl.core.labels import ALIASES, CLASS_NAMES, IRMAS_CODES, canonical_name
 from amir_pl.inference.plots import plot_per_class_f1, plot_precision_recall
-from amir_pl.inference.predict import load_scorer, score_windows
+from amir_pl.inference.predict import aggregate, find_inputs, load_scorer, score_windows
 
 log = logging.getLogger(__name__)
 
@@ -54,79 +53,106 @@ class LabelledFile:
 def read_labelled(inputs) -> tuple[list[LabelledFile], list[dict]]:
     """Recordings with their labels from folders (``<name>.txt`` beside each audio file, searched
     recursively), audio files (their ``.txt`` beside them) and manifest CSVs (``path,labels``; paths
-    relative to the manifest). Files without labels are returned as problems, not raised."""
+    relative to the manifest). Files without labels are returned as problems, not raised; a file
+    named twice is read once."""
     found, problems = [], []
     for entry in [inputs] if isinstance(inputs, str) else list(inputs):
         path = Path(entry).expanduser()
         if path.is_file() and path.suffix.lower() == ".csv":
             found += read_manifest(path, problems)
-        elif path.is_dir() or path.is_file():
-            audio = (
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-                if path.is_dir()
-                else [path]
-            )
-            if not audio:
-                problems.append({"file": str(path), "reason": f"no audio files ({', '.join(AUDIO_EXTENSIONS)})"})
-            for file in audio:
-                text = file.with_suffix(".txt")
-                labels = _label_lines(text.read_text()) if text.is_file() else ()
-                if labels:
-                    found.append(LabelledFile(file, labels))
-                else:
-                    reason = "its labels file is empty" if text.is_file() else "no labels file"
-                    problems.append({"file": str(file), "reason": f"{reason} ({text.name} beside it)"})
-        else:
-            problems.append({"file": str(path), "reason": "no such file or folder"})
-    return found, problems
+            continue
+        audio, missing = find_inputs(str(path))
+        problems += [{"file": p["file"], "reason": p["error"]} for p in missing]
+        for file in audio:
+            text = file.with_suffix(".txt")
+            try:
+                labels = _label_lines(text.read_text(encoding="utf-8-sig")) if text.is_file() else ()
+            except (OSError, UnicodeDecodeError) as error:
+                problems.append({"file": str(file), "reason": f"{text.name} not readable as UTF-8 text ({error})"})
+                continue
+            if labels:
+                found.append(LabelledFile(file, labels))
+            else:
+                reason = "its labels file is empty" if text.is_file() else "no labels file"
+                problems.append({"file": str(file), "reason": f"{reason} ({text.name} beside it)"})
+    unique = {file.path.resolve(): file for file in reversed(found)}  # the first mention wins
+    return [file for file in found if unique[file.path.resolve()] is file], problems
 
 
 def _label_lines(text: str) -> tuple[str, ...]:
+    """One label per line (IRMAS writes e.g. ``gel\t`` with Windows line ends)."""
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def read_manifest(path: Path, problems: list[dict]) -> list[LabelledFile]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "labels"} <= set(reader.fieldnames or ()):
-            raise AmirError(
-                f"{path}: a manifest needs the columns path,labels (labels separated by ';'); "
-                f"it has {reader.fieldnames}"
-            )
-        rows = list(reader)
+    fields, rows = read_table(path)
+    if not {"path", "labels"} <= set(fields):
+        raise AmirError(
+            f"{path}: a manifest of labelled recordings needs the columns path,labels (labels separated "
+            f"by ';'); it has {fields}"
+        )
     found = []
-    for row in rows:
+    for line, row in rows:
+        if not row.get("path"):
+            problems.append({"file": f"{path}, line {line}", "reason": "no path"})
+            continue
         file = Path(row["path"]).expanduser()
         file = file if file.is_absolute() else path.parent / file
-        labels = tuple(label.strip() for label in (row["labels"] or "").split(";") if label.strip())
+        labels = tuple(label.strip() for label in row.get("labels", "").split(";") if label.strip())
         if not file.is_file():
-            problems.append({"file": str(file), "reason": f"listed in {path.name} but not found"})
+            problems.append({"file": str(file), "reason": f"listed in {path.name} (line {line}) but not found"})
         elif not labels:
-            problems.append({"file": str(file), "reason": f"no labels in {path.name}"})
+            problems.append({"file": str(file), "reason": f"no labels in {path.name} (line {line})"})
         else:
             found.append(LabelledFile(file, labels))
     return found
 
 
+def evaluated_classes(option, model_classes: Sequence[str]) -> list[str]:
+    """``eval_classes``: ``model`` (every class of the model), ``irmas`` (the model's classes that
+    IRMAS labels: no drums, no bass) or a list of class names or aliases."""
+    if option == "model":
+        return list(model_classes)
+    if option == "irmas":
+        return [name for name in model_classes if name in IRMAS_CODES.values()]
+    if isinstance(option, str):
+        raise AmirError(f"eval_classes={option!r}: expected model, irmas or a list of classes, e.g. [piano,gac]")
+    names = [canonical_name(name) for name in option]
+    if not names or (missing := [name for name in names if name not in model_classes]):
+        raise AmirError(
+            f"eval_classes={list(option)}: {missing or 'empty'}; the model's classes are {list(model_classes)}"
+        )
+    return [name for name in model_classes if name in names]
+
+
 def resolve_labels(
     files: Sequence[LabelledFile], class_names: Sequence[str], policy: str
 ) -> tuple[list[tuple[Path, list[int]]], Counter, list[dict]]:
-    """Labels to the model's class indices (IRMAS codes and other aliases accepted). A label outside
-    the model's classes is dropped (``drop``; a file left without labels is skipped) or skips its
-    file (``skip``). Returns the kept files, the count of each outside label, and the skipped files."""
+    """Labels to indices of ``class_names`` (IRMAS codes and other aliases accepted). A known
+    instrument outside them (IRMAS ``cla`` for the thesis's classes) is dropped (``drop``; a file
+    left without labels is skipped) or skips its file (``skip``); a label that is no instrument
+    amir-pl knows (a typo) always skips its file. Returns the kept files, the count of each outside
+    label, and the skipped files."""
     if policy not in LABEL_POLICIES:
         raise AmirError(f"unknown_labels={policy!r}: expected one of {LABEL_POLICIES}")
     index = {name: i for i, name in enumerate(class_names)}
+    known_anywhere = set(CLASS_NAMES) | set(ALIASES.values()) | set(class_names)
     kept, outside, skipped = [], Counter(), []
     for file in files:
         names = [canonical_name(label) for label in file.labels]
+        unrecognised = [label for label, name in zip(file.labels, names) if name not in known_anywhere]
         unknown = [label for label, name in zip(file.labels, names) if name not in index]
-        outside.update(canonical_name(label) for label in unknown)
         known = sorted({index[name] for name in names if name in index})
+        if unrecognised:
+            reason = f"labels that name no instrument: {unrecognised} (IRMAS codes or class names, one per line)"
+            skipped.append({"file": str(file.path), "reason": reason})
+            continue
+        outside.update(canonical_name(label) for label in unknown)
         if unknown and policy == "skip":
-            skipped.append({"file": str(file.path), "reason": f"labels outside the model's classes: {unknown}"})
+            skipped.append({"file": str(file.path), "reason": f"labels outside the evaluated classes: {unknown}"})
         elif not known:
-            skipped.append({"file": str(file.path), "reason": f"no label of the model's classes ({list(file.labels)})"})
+            reason = f"no label of the evaluated classes ({list(file.labels)})"
+            skipped.append({"file": str(file.path), "reason": reason})
         else:
             kept.append((file.path, known))
     return kept, outside, skipped
@@ -142,6 +168,8 @@ def multilabel_summary(
     as 0 otherwise); the classes left out are listed."""
     n_classes = len(class_names)
     target = target.int()
+    if scores.numel() and not (0 <= float(scores.min()) and float(scores.max()) <= 1):
+        raise AmirError("file scores outside [0, 1]: torchmetrics would read them as logits")  # a new rule's bug
     options = {"num_labels": n_classes, "threshold": threshold}
     support = target.sum(dim=0)
     present = support > 0
@@ -154,7 +182,7 @@ def multilabel_summary(
         "f1": multilabel_f1_score(scores, target, average="none", **options),
         "average_precision": average_precision,
     }
-    predicted = (scores >= threshold).sum(dim=0)
+    predicted = (scores > threshold).sum(dim=0)  # torchmetrics' rule: above, not at
     return {
         "n": len(scores),
         "labels": int(target.sum()),
@@ -213,30 +241,42 @@ class ScoredList:
     outside: Counter
     skipped: list[dict]
     windows: int
+    warnings: list[dict]  # files scored on part of their windows (a decoding error part-way)
 
 
-def score_list(cfg: DictConfig, scorer, inputs, rule: str) -> ScoredList:
-    labelled, problems = read_labelled(inputs)
-    kept, outside, skipped = resolve_labels(labelled, scorer.class_names, cfg.unknown_labels)
-    skipped = problems + skipped
+def read_list(cfg: DictConfig, option: str, classes: Sequence[str]) -> tuple[list, Counter, list[dict]]:
+    """The labelled recordings of ``cfg.<option>`` (``inputs`` or ``val_inputs``), labels resolved."""
+    labelled, problems = read_labelled(cfg[option])
+    kept, outside, skipped = resolve_labels(labelled, classes, cfg.unknown_labels)
+    return kept, outside, problems + skipped
+
+
+def score_list(
+    cfg: DictConfig, scorer, option: str, listed: tuple[list, Counter, list[dict]], columns: list[int]
+) -> ScoredList:
+    """Window scores aggregated per file by ``cfg.aggregation`` over the evaluated ``columns`` of the
+    model's classes (``han`` divides by the largest of those, as a net with only them would)."""
+    kept, outside, skipped = listed
     results = score_windows(scorer, [path for path, _ in kept], cfg.num_workers, cfg.windows_per_task, cfg.progress)
-    files, labels, rows, windows = [], [], [], 0
+    files, labels, rows, windows, warnings = [], [], [], 0, []
     for (path, known), result in zip(kept, results):
         if result.window_probs is None:
             skipped.append({"file": str(path), "reason": result.error or "every window is under the silence gate"})
             continue
+        if result.error:  # failed part-way: scored on the windows read before the failure
+            warnings.append({"file": str(path), "reason": f"scored on {result.windows_used} windows: {result.error}"})
         files.append(str(path))
         labels.append(known)
-        rows.append(result.scores[rule])
+        rows.append(aggregate(result.window_probs[:, columns], str(cfg.aggregation)))
         windows += result.windows_used
     if not files:
         details = "; ".join(f"{p['file']}: {p['reason']}" for p in skipped[:5]) or "nothing found"
-        raise AmirError(f"inputs={inputs}: no labelled recording could be scored ({details})")
-    target = torch.zeros(len(files), len(scorer.class_names), dtype=torch.int)
+        raise AmirError(f"{option}={cfg[option]}: no labelled recording could be scored ({details})")
+    target = torch.zeros(len(files), len(columns), dtype=torch.int)
     for row, known in enumerate(labels):
         target[row, known] = 1
     scores = torch.from_numpy(np.stack(rows)).float()
-    return ScoredList(files, labels, scores, target, outside, skipped, windows)
+    return ScoredList(files, labels, scores, target, outside, skipped, windows, warnings)
 
 
 def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
@@ -245,19 +285,27 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
             "threshold=val chooses the threshold on a validation list: add val_inputs=<labelled recordings "
             "other than the test files>, or give a number, e.g. threshold=0.5"
         )
-    if cfg.threshold != "val" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold <= 1):
-        raise AmirError(f"threshold={cfg.threshold!r}: expected a number in (0, 1] or 'val'")
+    if cfg.threshold != "val" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold < 1):
+        raise AmirError(f"threshold={cfg.threshold!r}: expected a number in (0, 1) or 'val'")
+    if cfg.val_inputs and not (cfg.sweep_thresholds and all(0 < t < 1 for t in cfg.sweep_thresholds)):
+        raise AmirError(f"sweep_thresholds={list(cfg.sweep_thresholds)}: give one or more numbers in (0, 1)")
     scorer = load_scorer(cfg)
-    rule = str(cfg.aggregation)
-    lists = {}
+    classes = evaluated_classes(cfg.eval_classes, scorer.class_names)
+    columns = [scorer.class_names.index(name) for name in classes]
+    listed = {"test": read_list(cfg, "inputs", classes)}
     if cfg.val_inputs:
-        lists["val"] = score_list(cfg, scorer, cfg.val_inputs, rule)
-    lists["test"] = score_list(cfg, scorer, cfg.inputs, rule)
-    if "val" in lists and (shared := set(lists["val"].files) & set(lists["test"].files)):
-        raise AmirError(
-            f"val_inputs and inputs share {len(shared)} files (e.g. {sorted(shared)[0]}): a threshold "
-            "chosen on the test files would flatter the result; give a separate validation list"
-        )
+        listed["val"] = read_list(cfg, "val_inputs", classes)
+        val_files = {path.resolve() for path, _ in listed["val"][0]}
+        if shared := sorted(str(path) for path, _ in listed["test"][0] if path.resolve() in val_files):
+            raise AmirError(
+                f"val_inputs and inputs share {len(shared)} files (e.g. {shared[0]}): a threshold chosen on "
+                "the test files would flatter the result; give a separate validation list (IRMAS: other songs)"
+            )
+    lists = {}
+    for split, option in (("val", "val_inputs"), ("test", "inputs")):
+        if split in listed:
+            lists[split] = score_list(cfg, scorer, option, listed[split], columns)
+    rule = str(cfg.aggregation)
     summaries, sweep = {}, None
     if "val" in lists:
         sweep = threshold_sweep(lists["val"].scores, lists["val"].target, list(cfg.sweep_thresholds))
@@ -267,23 +315,25 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
         else (float(cfg.threshold), "the threshold option")
     )
     for split, scored in lists.items():
-        summary = multilabel_summary(scored.scores, scored.target, threshold, scorer.class_names)
+        summary = multilabel_summary(scored.scores, scored.target, threshold, classes)
         summary.update(
             threshold_chosen_on=chosen_on,
             aggregation=rule,
             hop_seconds=float(cfg.hop_seconds),
             windows=scored.windows,
-            unknown_labels={"policy": str(cfg.unknown_labels), "outside_model": dict(scored.outside)},
+            unknown_labels={"policy": str(cfg.unknown_labels), "outside_classes": dict(scored.outside)},
             skipped=scored.skipped,
+            warnings=scored.warnings,
+            classes=list(classes),
         )
         if split == "val":
             summary["threshold_sweep"] = sweep
             summary["best_threshold"] = best_threshold(sweep)
         summaries[split] = summary
     run_dir = Path(cfg.paths.output_dir)
-    write_reports(run_dir, summaries, lists, scorer.class_names)
+    write_reports(run_dir, summaries, lists, classes)
     if cfg.tensorboard:
-        log_to_tensorboard(run_dir / "tensorboard", summaries, lists, scorer.class_names)
+        log_to_tensorboard(run_dir / "tensorboard", summaries, lists, classes)
     for split, summary in summaries.items():
         print(format_summary(split, summary))
     print(f"reports: {run_dir}")
@@ -319,7 +369,7 @@ def write_reports(
             for split, scored in lists.items():
                 threshold = summaries[split]["threshold"]
                 for file, labels, scores in zip(scored.files, scored.labels, scored.scores.tolist()):
-                    predicted = [name for name, score in zip(class_names, scores) if score >= threshold]
+                    predicted = [name for name, score in zip(class_names, scores) if score > threshold]
                     names = ";".join(class_names[i] for i in labels)
                     writer.writerow([split, file, names, ";".join(predicted), *(f"{s:.4f}" for s in scores)])
 
@@ -385,9 +435,11 @@ def format_summary(split: str, summary: Mapping) -> str:
     for name, c in summary["per_class"].items():
         ap = "-" if c["average_precision"] is None else f"{c['average_precision']:.3f}"
         lines.append(f"  {name:<18}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{ap:>8}{c['support']:>9}")
-    outside = summary["unknown_labels"]["outside_model"]
+    outside = summary["unknown_labels"]["outside_classes"]
     if outside:
-        lines.append(f"  labels outside the model ({summary['unknown_labels']['policy']}): {outside}")
+        lines.append(f"  labels outside the evaluated classes ({summary['unknown_labels']['policy']}): {outside}")
+    if summary["warnings"]:
+        lines.append(f"  {len(summary['warnings'])} files scored on part of their windows (metrics.json lists them)")
     if summary["skipped"]:
         lines.append(f"  skipped {len(summary['skipped'])} files (metrics.json lists them)")
     return "\n".join(lines)

@@ -104,7 +104,7 @@ def write_reports(
 
     def confusion_png(tmp):
         figure = plot_confusion_matrices({split: s["confusion_matrix"] for split, s in summaries.items()}, class_names)
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", dpi=figure.dpi)
 
     for path, write in zip(paths, (metrics_json, per_class_csv, confusion_csv, confusion_png)):
         atomic_write(path, write)
