@@ -109,7 +109,7 @@ class UsableSource:
 
 
 _renderer = None
-_samples: MultisampleRenderer | None = None
+_samples: dict[float, MultisampleRenderer] = {}  # by the longest phrase they play (clips, mixtures)
 _settings: dict = {}
 
 
@@ -118,7 +118,7 @@ def _init_worker(renderer: str, settings: dict) -> None:
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it hangs)
     cls = FluidSynthRenderer if renderer == "fluidsynth" else TinySoundFontRenderer
     _renderer = cls(settings["sample_rate"])  # created here, after the fork
-    _samples = MultisampleRenderer(settings["sample_rate"], settings["max_sample_seconds"])
+    _samples = {}
     _settings = settings
 
 
@@ -135,7 +135,9 @@ class Part:
     attempts: int
 
 
-def render_part(source: UsableSource, label: str, seconds: float, rng: np.random.Generator) -> Part:
+def render_part(
+    source: UsableSource, label: str, seconds: float, rng: np.random.Generator, longest: float | None = None
+) -> Part:
     """``seconds`` of a phrase of ``label`` played by ``source``, everything drawn from ``rng``,
     peak-normalised to a random peak in ``peak_range``; a phrase that renders (almost) silent is
     redrawn, up to 5 times."""
@@ -150,7 +152,13 @@ def render_part(source: UsableSource, label: str, seconds: float, rng: np.random
                 f"{list(instrument.programs)} (bank {instrument.bank})"
             )
     else:
-        players = _samples.instruments_for(source.name, source.location, label, source.instruments[label])
+        # samples are read up to what the longest phrase of this kind (``longest``: clips or mixtures)
+        # can need, a note at most 2x slower, so a clip does not depend on mixtures rendered beside it
+        longest = seconds if longest is None else longest
+        if longest not in _samples:
+            _samples[longest] = MultisampleRenderer(s["sample_rate"], 2.5 * longest + 0.5)
+        sampler = _samples[longest]
+        players = sampler.instruments_for(source.name, source.location, label, source.instruments[label])
     for attempt in range(1, 6):  # noqa: B007 (read after the loop) -- a phrase that renders (almost) silent is redrawn
         if source.kind == "soundfont":
             program = int(rng.choice(programs))
@@ -167,7 +175,7 @@ def render_part(source: UsableSource, label: str, seconds: float, rng: np.random
             player = players[int(rng.integers(len(players)))]
             program, reverb, chorus = None, 0.0, 0.0
             phrase = compose_phrase(instrument, seconds, rng)
-            audio = _samples.play(player, phrase, frames, rng)
+            audio = sampler.play(player, phrase, frames, rng)
             played = player.name
         peak = float(np.abs(audio).max())
         if peak > 0:
@@ -221,7 +229,8 @@ def render_mixture(job: MixtureJob) -> MixtureResult:
     rng = np.random.default_rng(job.seed)
     stems = []
     for label, name, level_db in zip(job.labels, job.sources, job.levels_db, strict=True):
-        audio = render_part(s["sources"][name], label, job.seconds, rng).audio.astype(np.float64)
+        part = render_part(s["sources"][name], label, job.seconds, rng, longest=s["mixture_seconds_max"])
+        audio = part.audio.astype(np.float64)
         stems.append(audio / np.sqrt(np.mean(audio**2)) * 10 ** (level_db / 20))
     mix = np.sum(stems, axis=0)
     gain = float(rng.uniform(*s["peak_range"])) / float(np.abs(mix).max())
@@ -510,10 +519,8 @@ def synth(cfg: DictConfig) -> Path:
     mixture_jobs = make_mixture_jobs(cfg, sources)
     if not jobs and not mixture_jobs:
         raise AmirError("nothing to render: no installed source plays the classes in any split")
-    longest = max(float(cfg.clip_seconds), float(cfg.mixtures.seconds[1]) if mixture_jobs else 0.0)
     settings = {
         "sources": sources,
-        "max_sample_seconds": 2.5 * longest + 0.5,  # no note needs more (at most 2x speed)
         "output": str(output),
         "sample_rate": int(cfg.sample_rate),
         "clip_seconds": float(cfg.clip_seconds),
@@ -528,6 +535,7 @@ def synth(cfg: DictConfig) -> Path:
         "mic_db": float(cfg.mic_db),
         "room_splits": set(cfg.room_splits),
         "mixture_stems": bool(cfg.mixtures.stems),
+        "mixture_seconds_max": float(cfg.mixtures.seconds[1]),
     }
     output.mkdir(parents=True, exist_ok=True)
     results, mixtures = [], []
