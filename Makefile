@@ -106,19 +106,26 @@ results-train: install
 	$(BIN)/amir-baseline data.path=$(DATA)/quickstart_power.h5 also_evaluate=[$(DATA)/quickstart_b_power.h5] task_name=results_baseline
 
 # The leave-one-family-out protocol (docs/results.md, "Transfer"): one pool of every family, then for
-# each fold (held-out test family : validation family) the transfer recipe, the thesis net and input at
-# the quickstart's schedule, and the MFCC baseline, trained on all the other families; one table.
-POOL_CLIPS ?= 400
+# each fold (held-out test family : validation family) the MFCC baseline, the transfer recipe and the
+# thesis net and input at the quickstart's schedule, trained on all the other families; one table.
+# TRANSFER_RECIPES picks the columns (e.g. "baseline transfer"); the table reads the newest run of each.
+POOL_CLIPS ?= 300
 TRANSFER_FOLDS ?= tim:lmms fluid:lmms tonejs:lmms lmms:tim
+TRANSFER_RECIPES ?= baseline transfer paper
 transfer: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/pool layout=pool clips_per_class=$(POOL_CLIPS) overwrite=true progress=false
 	for fold in $(TRANSFER_FOLDS); do \
 	  test=$${fold%:*}; val=$${fold#*:}; data=$(DATA)/pool_$$test.h5; \
 	  $(BIN)/amir-prepare source=$(DATA)/pool/manifest.csv output=$$data overwrite=true progress=false \
-	    "family_splits.test=[$$test]" "family_splits.val=[$$val]" && \
-	  $(BIN)/amir-train data.path=$$data experiment=transfer task_name=lofo_$${test}_transfer trainer.enable_progress_bar=false && \
-	  $(BIN)/amir-train data.path=$$data experiment=quickstart task_name=lofo_$${test}_paper trainer.enable_progress_bar=false && \
-	  $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline || exit 1; \
+	    "family_splits.test=[$$test]" "family_splits.val=[$$val]" || exit 1; \
+	  for recipe in $(TRANSFER_RECIPES); do \
+	    case $$recipe in \
+	      baseline) $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline ;; \
+	      transfer) $(BIN)/amir-train data.path=$$data experiment=transfer task_name=lofo_$${test}_transfer trainer.enable_progress_bar=false ;; \
+	      paper) $(BIN)/amir-train data.path=$$data experiment=quickstart task_name=lofo_$${test}_paper trainer.enable_progress_bar=false ;; \
+	      *) echo "make transfer: unknown recipe $$recipe in TRANSFER_RECIPES (baseline, transfer, paper)"; false ;; \
+	    esac || exit 1; \
+	  done; \
 	done
 	$(BIN)/python scripts/transfer_table.py $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold))))
 
