@@ -113,6 +113,8 @@ POOL_CLIPS ?= 300
 TRANSFER_FOLDS ?= tim:lmms fluid:lmms tonejs:lmms lmms:tim
 TRANSFER_RECIPES ?= baseline transfer paper
 transfer: system-packages sources install
+	@unknown="$(filter-out baseline transfer paper,$(TRANSFER_RECIPES))"; if [ -n "$$unknown" ]; then \
+	  echo "make transfer: TRANSFER_RECIPES=$$unknown: unknown; pick from baseline transfer paper"; exit 2; fi
 	$(BIN)/amir-synth output=$(DATA)/pool layout=pool clips_per_class=$(POOL_CLIPS) overwrite=true progress=false
 	for fold in $(TRANSFER_FOLDS); do \
 	  test=$${fold%:*}; val=$${fold#*:}; data=$(DATA)/pool_$$test.h5; \
@@ -123,7 +125,6 @@ transfer: system-packages sources install
 	      baseline) $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline ;; \
 	      transfer) $(BIN)/amir-train data.path=$$data experiment=transfer task_name=lofo_$${test}_transfer trainer.enable_progress_bar=false ;; \
 	      paper) $(BIN)/amir-train data.path=$$data experiment=quickstart task_name=lofo_$${test}_paper trainer.enable_progress_bar=false ;; \
-	      *) echo "make transfer: unknown recipe $$recipe in TRANSFER_RECIPES (baseline, transfer, paper)"; false ;; \
 	    esac || exit 1; \
 	  done; \
 	done
