@@ -160,7 +160,7 @@ def test_malformed_file_gets_a_clear_error_from_the_console_script(tmp_path):
     assert module_run.returncode == 2 and "amir-train: error: data.path is required" in module_run.stderr
 
 
-@pytest.mark.parametrize("experiment", ["paper", "quickstart", "builtin_large"])
+@pytest.mark.parametrize("experiment", ["paper", "quickstart", "transfer", "builtin_large"])
 def test_every_experiment_trains(compose_cfg, tiny_h5, experiment):
     # One short epoch of each shipped recipe, so none of them breaks unnoticed (their full runs
     # are the README's results; builtin_large's full run needs a GPU).

@@ -21,7 +21,7 @@ from amir_pl.inference.predict import predict
 from amir_pl.training.augment import BatchAugment, mel_centres
 from amir_pl.training.model import BandNorm
 from amir_pl.training.module import AmirModule, load_checkpoint
-from amir_pl.training.scoring import evaluate
+from amir_pl.training.scoring import evaluate, score_splits
 from amir_pl.training.train import train
 
 FEATURES = {**TINY_FEATURES.as_dict()}
@@ -192,3 +192,30 @@ def test_scheduler_cosine_decays_the_learning_rate_and_paper_keeps_it_constant(c
     assert scheduler["T_max"] == 3 and epoch >= 2
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected, rel=1e-6)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").hparams["scheduler"]["T_max"] == 3
+
+
+def test_weight_averaging_is_what_the_checkpoint_holds_and_what_is_scored(compose_cfg, tiny_h5, tmp_path, monkeypatch):
+    import amir_pl.training.train as training
+
+    scored = {}
+
+    def score_and_keep_the_weights(trainer, module, *args, **kwargs):
+        summaries = score_splits(trainer, module, *args, **kwargs)
+        scored.update({name: value.clone() for name, value in module.state_dict().items()})
+        return summaries
+
+    monkeypatch.setattr(training, "score_splits", score_and_keep_the_weights)
+    overrides = [f"data.path={tiny_h5}", *FAST, "logger=csv", "experiment=transfer", "trainer.max_epochs=3"]
+    cfg = compose_cfg("train", [*overrides, "callbacks.weight_averaging.decay=0.5"])
+    assert cfg.callbacks.weight_averaging._target_.endswith("EMAWeights")
+    assert not compose_cfg("train", [f"data.path={tiny_h5}", "experiment=paper"]).callbacks.get("weight_averaging")
+    summaries = training.train(cfg)
+    ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    average, raw = state["state_dict"], state["current_model_state"]
+    weight = "net.features.conv1.0.weight"
+    assert not torch.equal(average[weight], raw[weight])  # the average is not the last step's weights
+    for name, value in average.items():  # the test after fit scored the average, not the raw weights
+        torch.testing.assert_close(scored[name], value, rtol=0, atol=0)
+    evaluated = evaluate(compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "splits=[test]"]))
+    assert evaluated["test"]["confusion_matrix"] == summaries["test"]["confusion_matrix"]
