@@ -205,10 +205,11 @@ def test_weight_averaging_is_what_the_checkpoint_holds_and_what_is_scored(compos
         return summaries
 
     monkeypatch.setattr(training, "score_splits", score_and_keep_the_weights)
-    overrides = [f"data.path={tiny_h5}", *FAST, "logger=csv", "experiment=transfer", "trainer.max_epochs=3"]
-    cfg = compose_cfg("train", [*overrides, "callbacks.weight_averaging.decay=0.5"])
-    assert cfg.callbacks.weight_averaging._target_.endswith("EMAWeights")
-    assert not compose_cfg("train", [f"data.path={tiny_h5}", "experiment=paper"]).callbacks.get("weight_averaging")
+    averaging = [
+        "+callbacks.weight_averaging._target_=amir_pl.training.averaging.EMAWeights",
+        "+callbacks.weight_averaging.decay=0.5",
+    ]
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "logger=csv", "experiment=transfer", *averaging])
     summaries = training.train(cfg)
     ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -219,3 +220,22 @@ def test_weight_averaging_is_what_the_checkpoint_holds_and_what_is_scored(compos
         torch.testing.assert_close(scored[name], value, rtol=0, atol=0)
     evaluated = evaluate(compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "splits=[test]"]))
     assert evaluated["test"]["confusion_matrix"] == summaries["test"]["confusion_matrix"]
+
+
+def test_label_smoothing_softens_the_training_targets_only(monkeypatch):
+    net = {"_target_": "amir_pl.training.model.SegalConvNet", "input_norm": "none"}
+    with pytest.raises(AmirError, match="module.label_smoothing=1.0 must be in"):
+        AmirModule(net, {"_target_": "torch.optim.Adam"}, TINY_CLASSES, FEATURES, (32, 33), label_smoothing=1.0)
+    module = AmirModule(net, {"_target_": "torch.optim.Adam"}, TINY_CLASSES, FEATURES, (32, 33), label_smoothing=0.2)
+    module.eval()  # no dropout: the same logits twice
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    x, y = _batch()
+    with torch.no_grad():
+        trained = module.training_step((x, y), 0)
+        logits = module(x)
+        plain = torch.nn.functional.cross_entropy(logits, y)
+        log_p = torch.log_softmax(logits, dim=1)
+        smoothed = 0.8 * plain - 0.2 * log_p.mean(dim=1).mean()
+    torch.testing.assert_close(trained, smoothed)
+    assert not torch.allclose(trained, plain)
+    assert float(module._step((x, y))[2]) == pytest.approx(float(plain))  # validation and test: plain cross-entropy

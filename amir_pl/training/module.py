@@ -132,10 +132,13 @@ class AmirModule(L.LightningModule):
         channels_last: bool = False,
         compile: bool | str = False,
         augment: Mapping | None = None,
+        label_smoothing: float = 0.0,
     ):
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise AmirError(f"module.loss_reduction={loss_reduction!r} must be 'mean' or 'sum'")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise AmirError(f"module.label_smoothing={label_smoothing!r} must be in [0, 1): 0 is off, 0.1 is usual")
         net, optimizer, features, scheduler, augment = map(_plain, (net, optimizer, features, scheduler, augment))
         if net.get("compression") == "db" and features.get("scale") == "db":
             raise AmirError(
@@ -152,6 +155,7 @@ class AmirModule(L.LightningModule):
                 "input_shape": list(input_shape),
                 "loss_reduction": loss_reduction,
                 "augment": augment,
+                "label_smoothing": label_smoothing,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -205,10 +209,10 @@ class AmirModule(L.LightningModule):
         if self.augment is not None and self.global_rank > 0:
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
-    def _step(self, batch):
+    def _step(self, batch, label_smoothing: float = 0.0):
         x, y = batch  # y: class indices, or class probabilities (mixup)
         logits = self(x)
-        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction)
+        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction, label_smoothing=label_smoothing)
         return logits, y, loss
 
     def training_step(self, batch, batch_idx):
@@ -217,7 +221,8 @@ class AmirModule(L.LightningModule):
             # restores its RNG states in on_train_batch_start (fault_tolerance.RNGState), which comes
             # after that hook, so only here does it draw what the uninterrupted run drew.
             batch = self.augment(*batch)
-        logits, y, loss = self._step(batch)
+        # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
+        logits, y, loss = self._step(batch, self.hparams.get("label_smoothing", 0.0))
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
