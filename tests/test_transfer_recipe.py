@@ -99,6 +99,8 @@ def test_experiment_paper_keeps_the_thesis_input_and_no_augmentation(compose_cfg
     transfer = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=transfer"])
     assert transfer.augment._target_.endswith("BatchAugment")
     assert transfer.model.compression == "db" and transfer.model.input_norm == "band"
+    assert dict(transfer.model.dropout) == {"conv1": 0.0, "conv2": 0.25, "conv3": 0.25, "conv4": 0.25, "fc": 0.5}
+    assert dict(paper.model.dropout) == {"conv1": 0.0, "conv2": 0.5, "conv3": 0.5, "conv4": 0.5, "fc": 0.5}
     module = AmirModule(paper.model, paper.optimizer, TINY_CLASSES, FEATURES, (32, 33), augment=paper.augment or None)
     assert module.augment is None and isinstance(module.net.compress, torch.nn.Identity)
 
