@@ -222,7 +222,7 @@ class AmirModule(L.LightningModule):
             # after that hook, so only here does it draw what the uninterrupted run drew.
             batch = self.augment(*batch)
         # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
-        logits, y, loss = self._step(batch, self.hparams.get("label_smoothing", 0.0))
+        logits, y, loss = self._step(batch, self.hparams.label_smoothing)
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
