@@ -61,13 +61,14 @@ test: system-packages install lint
 test-fast: install  # skips the subprocess and DDP tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The whole job on the built-in data: render, prepare, train, test on a family held out of training.
+# The whole job on the built-in data: render, prepare, train, test on a family held out of training
+# (TRAIN_ARGS: more amir-train overrides, e.g. seed=1 or trainer.precision=32-true).
 # Many source families in training (layout=families): validation on lmms, the test on the held-out
 # tim family (docs/results.md, "Transfer"); a missing sample library is skipped with one line.
 quickstart: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/families clips_per_class=$(FAMILY_CLIPS) layout=families overwrite=true
 	$(BIN)/amir-prepare source=$(DATA)/families output=$(DATA)/families.h5 overwrite=true
-	$(BIN)/amir-train data.path=$(DATA)/families.h5 experiment=transfer task_name=quickstart
+	$(BIN)/amir-train data.path=$(DATA)/families.h5 experiment=transfer task_name=quickstart $(TRAIN_ARGS)
 
 # The IRMAS test protocol on built-in mixtures (docs/results.md, "Mixtures"): 2-4 instruments, 5-20 s,
 # validation mixtures from lmms (the threshold is chosen there), test mixtures from the held-out tim
@@ -108,10 +109,17 @@ results-train: install
 # The leave-one-family-out protocol (docs/results.md, "Transfer"): one pool of every family, then for
 # each fold (held-out test family : validation family) the MFCC baseline, the transfer recipe and the
 # thesis net and input at the quickstart's schedule, trained on all the other families; one table.
-# TRANSFER_RECIPES picks the columns (e.g. "baseline transfer"); the table reads the newest run of each.
+# TRANSFER_RECIPES picks the columns (e.g. "baseline transfer"); each ConvNet recipe trains once per seed
+# in TRANSFER_SEEDS (the SVM baseline is deterministic: once); the table gives the mean over the seeds and
+# every value. TRAIN_ARGS are added to each amir-train command (e.g. trainer.precision=32-true), and
+# LOFO_TAG to its task name (outputs/lofo_<family>_<recipe><tag>_seed<seed>/); the table reads the newest
+# run of each.
 POOL_CLIPS ?= 300
 TRANSFER_FOLDS ?= tim:lmms fluid:lmms tonejs:lmms lmms:tim
 TRANSFER_RECIPES ?= baseline transfer paper
+TRANSFER_SEEDS ?= 12345 1
+TRAIN_ARGS ?=
+LOFO_TAG ?=
 transfer: system-packages sources install
 	@unknown="$(filter-out baseline transfer paper,$(TRANSFER_RECIPES))"; if [ -n "$$unknown" ]; then \
 	  echo "make transfer: TRANSFER_RECIPES=$$unknown: unknown; pick from baseline transfer paper"; exit 2; fi
@@ -122,13 +130,17 @@ transfer: system-packages sources install
 	    "family_splits.test=[$$test]" "family_splits.val=[$$val]" || exit 1; \
 	  for recipe in $(TRANSFER_RECIPES); do \
 	    case $$recipe in \
-	      baseline) $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline ;; \
-	      transfer) $(BIN)/amir-train data.path=$$data experiment=transfer task_name=lofo_$${test}_transfer trainer.enable_progress_bar=false ;; \
-	      paper) $(BIN)/amir-train data.path=$$data experiment=quickstart task_name=lofo_$${test}_paper trainer.enable_progress_bar=false ;; \
-	    esac || exit 1; \
+	      baseline) $(BIN)/amir-baseline data.path=$$data task_name=lofo_$${test}_baseline || exit 1 ;; \
+	      transfer|paper) experiment=$$( [ $$recipe = paper ] && echo quickstart || echo transfer ); \
+	        for seed in $(TRANSFER_SEEDS); do \
+	          $(BIN)/amir-train data.path=$$data experiment=$$experiment seed=$$seed \
+	            task_name=lofo_$${test}_$${recipe}$(LOFO_TAG)_seed$$seed trainer.enable_progress_bar=false $(TRAIN_ARGS) || exit 1; \
+	        done ;; \
+	    esac; \
 	  done; \
 	done
-	$(BIN)/python scripts/transfer_table.py $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold))))
+	$(BIN)/python scripts/transfer_table.py --seeds $(TRANSFER_SEEDS) --tag "$(LOFO_TAG)" \
+	  $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold))))
 
 # The larger built-in set on a CPU (docs/results.md, "A larger set"): 400 clips per class, ~1 h on 2 cores.
 results-medium: system-packages install

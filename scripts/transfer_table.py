@@ -1,15 +1,18 @@
-"""The leave-one-family-out table of `make transfer`: for each held-out family, the test top-1 error
-and macro F of each recipe, and the mean over the families. Reads the newest run of
-outputs/lofo_<family>_<recipe>/ and writes the table to stdout and outputs/lofo_table.md.
+"""The leave-one-family-out table of `make transfer`: for each held-out family, the test top-1 error and
+macro F of each recipe, and the mean over the families. A ConvNet recipe's cell is the mean over its
+seeds with every seed's value; the MFCC + SVM baseline is deterministic and runs once. Reads the newest
+run of outputs/lofo_<family>_<recipe><tag>_seed<seed>/ (outputs/lofo_<family>_baseline/ for the
+baseline) and writes the table to stdout and outputs/lofo_table<tag>.md.
 
-    python scripts/transfer_table.py tim fluid tonejs lmms
+    python scripts/transfer_table.py --seeds 12345 1 [--tag _fp32] tim fluid tonejs lmms
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+from statistics import mean
 
 RECIPES = {
     "transfer": "ConvNet, `experiment=transfer`",
@@ -23,37 +26,61 @@ def newest_test_metrics(root: Path, task: str) -> dict | None:
     return json.loads(runs[-1].read_text()).get("test") if runs else None
 
 
-def table(families: list[str], root: Path = Path("outputs")) -> str:
+def runs_of(root: Path, family: str, recipe: str, seeds: list[str], tag: str) -> list[dict]:
+    """The test metrics of every seed's newest run (one for the baseline); seeds not run are left out."""
+    if recipe == "baseline":
+        tasks = [f"lofo_{family}_baseline"]
+    else:
+        tasks = [f"lofo_{family}_{recipe}{tag}_seed{seed}" for seed in seeds]
+    return [metrics for task in tasks if (metrics := newest_test_metrics(root, task)) is not None]
+
+
+def cell(runs: list[dict], expected: int) -> str:
+    errors = [100 * run["top1_error"] for run in runs]
+    text = f"{mean(errors):.1f} %, F {mean(run['f1_macro'] for run in runs):.3f}"
+    if len(runs) > 1:
+        text += " (" + ", ".join(f"{e:.1f}" for e in errors) + ")"
+    if len(runs) < expected:
+        text += f" ({len(runs)} of {expected} seeds)"
+    return f"{text} (n={runs[0]['n']})"
+
+
+def table(families: list[str], seeds: list[str], tag: str = "", root: Path = Path("outputs")) -> str:
     lines = [
         "| held-out family | " + " | ".join(RECIPES.values()) + " |",
         "| --- |" + " --- |" * len(RECIPES),
     ]
-    totals = {recipe: [] for recipe in RECIPES}
+    fold_means: dict[str, list[tuple[float, float]]] = {recipe: [] for recipe in RECIPES}
     for family in families:
         cells = []
         for recipe in RECIPES:
-            metrics = newest_test_metrics(root, f"lofo_{family}_{recipe}")
-            if metrics is None:
+            runs = runs_of(root, family, recipe, seeds, tag)
+            if not runs:
                 cells.append("not run")
                 continue
-            totals[recipe].append((metrics["top1_error"], metrics["f1_macro"]))
-            cells.append(f"{100 * metrics['top1_error']:.1f} %, F {metrics['f1_macro']:.3f} (n={metrics['n']})")
+            expected = 1 if recipe == "baseline" else len(seeds)
+            fold_means[recipe].append((mean(r["top1_error"] for r in runs), mean(r["f1_macro"] for r in runs)))
+            cells.append(cell(runs, expected))
         lines.append(f"| `{family}` | " + " | ".join(cells) + " |")
     means = []
     for recipe in RECIPES:
-        values = totals[recipe]
+        values = fold_means[recipe]
         if len(values) == len(families):
-            means.append(
-                f"{100 * sum(e for e, _ in values) / len(values):.1f} %, F {sum(f for _, f in values) / len(values):.3f}"
-            )
+            means.append(f"{100 * mean(e for e, _ in values):.1f} %, F {mean(f for _, f in values):.3f}")
         else:
             means.append(f"{len(values)} of {len(families)} folds run")
     lines.append("| mean | " + " | ".join(means) + " |")
-    return "\n".join(lines) + "\n"
+    seeds_note = f"ConvNet cells: mean over seeds {', '.join(seeds)} (each seed's top-1 error in brackets)"
+    return "\n".join(lines) + f"\n\n{seeds_note}\n"
 
 
 if __name__ == "__main__":
-    text = table(sys.argv[1:] or ["tim", "fluid", "tonejs", "lmms"])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("families", nargs="*", default=["tim", "fluid", "tonejs", "lmms"])
+    parser.add_argument("--seeds", nargs="+", default=["12345", "1"])
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    text = table(args.families, args.seeds, args.tag)
     Path("outputs").mkdir(exist_ok=True)
-    Path("outputs/lofo_table.md").write_text(text)
+    Path(f"outputs/lofo_table{args.tag}.md").write_text(text)
     print(text, end="")

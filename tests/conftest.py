@@ -22,8 +22,10 @@ TINY_CLASSES = ("electric_bass", "cello", "drums", "flute", "piano")
 # 35 test clips: an odd count, so two DDP ranks get unequal shards and padding would show.
 TINY_SPLITS = {"train": 16, "val": 5, "test": 7}
 
-# Settings that keep a test run to seconds: no workers (spawn cost), no progress bar.
+# Settings that keep a test run to seconds: no workers (spawn cost), no progress bar; float32 whatever the
+# CPU (trainer.precision=auto would pick bf16 on some): tests/test_precision.py trains in each precision.
 FAST = [
+    "trainer.precision=32-true",
     "trainer.max_epochs=3",
     "trainer.enable_progress_bar=false",
     "data.batch_size=16",

@@ -46,3 +46,21 @@ def test_overhead_alternates_the_order_and_reports_medians_of_every_round(compos
 def test_overhead_refuses_settings_with_nothing_to_time(compose_cfg, bad, option):
     with pytest.raises(AmirError, match=rf"^bench {option}="):
         bench(compose_cfg("bench", [*TINY_OVERHEAD, bad]))
+
+
+def test_train_cpu_times_amir_trains_recipe_end_to_end_in_each_precision_beside_the_bare_step(compose_cfg, tmp_path):
+    overrides = ["benches=[train_cpu]", "train_cpu.clips=24", "train_cpu.bare_steps=2"]
+    recipe = "train_cpu.overrides=['experiment=transfer','data.batch_size=8']"
+    rows = bench(compose_cfg("bench", [*overrides, recipe]))["train_cpu"]
+    assert [row["precision"] for row in rows] == ["32-true", "bf16-mixed"]
+    reference = {row["bare_fp32_channels_last_samples_per_s"] for row in rows}
+    assert len(reference) == 1  # one reference step, timed once in this run, for both rows
+    for row in rows:
+        assert row["clips"] == 24 and row["batch_size"] == 8
+        assert row["overrides"] == ["experiment=transfer", "data.batch_size=8"]
+        assert row["samples_per_s"] > 0 and row["bare_samples_per_s"] > 0
+        assert row["of_bare"] == pytest.approx(row["samples_per_s"] / row["bare_samples_per_s"], rel=0.02)
+        ratio = row["samples_per_s"] / row["bare_fp32_channels_last_samples_per_s"]
+        assert row["over_bare_fp32_channels_last"] == pytest.approx(ratio, rel=0.02)
+        assert "native bf16" in row["device"]
+    assert not (tmp_path / "bench_train_cpu.h5").exists()  # the generated file is removed

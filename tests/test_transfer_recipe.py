@@ -166,19 +166,35 @@ def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_p
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for family, errors in {"tim": (0.3, 0.5, 0.6), "lmms": (0.5, 0.7, 0.8)}.items():
-        for recipe, error in zip(("transfer", "paper", "baseline"), errors):
-            for stamp, value in (("2026-01-01_00-00-00", 0.99), ("2026-02-01_00-00-00", error)):
-                run = tmp_path / f"lofo_{family}_{recipe}" / stamp
-                run.mkdir(parents=True)
-                metrics = {"test": {"top1_error": value, "f1_macro": 1 - value, "n": 100}}
-                (run / "metrics.json").write_text(json.dumps(metrics))
-    text = module.table(["tim", "lmms"], tmp_path)
-    assert "| `tim` | 30.0 %, F 0.700 (n=100) | 50.0 %, F 0.500 (n=100) | 60.0 %, F 0.400 (n=100) |" in text
-    assert "| mean | 40.0 %, F 0.600 | 60.0 %, F 0.400 | 70.0 %, F 0.300 |" in text
-    assert "not run" in module.table(["tim", "fluid"], tmp_path) and "1 of 2 folds run" in module.table(
-        ["tim", "fluid"], tmp_path
+
+    def write(task, value, stamp="2026-02-01_00-00-00"):
+        run = tmp_path / task / stamp
+        run.mkdir(parents=True)
+        metrics = {"test": {"top1_error": value, "f1_macro": 1 - value, "n": 100}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+
+    # ConvNet recipes: one run per seed (an older run of each, which the table must not read); the baseline once
+    for family, (transfer, paper, baseline) in {
+        "tim": ((0.3, 0.4), (0.5, 0.5), 0.6),
+        "lmms": ((0.5, 0.6), (0.7, 0.7), 0.8),
+    }.items():
+        for recipe, errors in (("transfer", transfer), ("paper", paper)):
+            for seed, error in zip(("12345", "1"), errors):
+                write(f"lofo_{family}_{recipe}_seed{seed}", 0.99, stamp="2026-01-01_00-00-00")
+                write(f"lofo_{family}_{recipe}_seed{seed}", error)
+        write(f"lofo_{family}_baseline", baseline)
+    text = module.table(["tim", "lmms"], ["12345", "1"], root=tmp_path)
+    assert (
+        "| `tim` | 35.0 %, F 0.650 (30.0, 40.0) (n=100) | 50.0 %, F 0.500 (50.0, 50.0) (n=100) | 60.0 %, F 0.400 (n=100) |"
+        in text
     )
+    assert "| mean | 45.0 %, F 0.550 | 60.0 %, F 0.400 | 70.0 %, F 0.300 |" in text
+    one_seed = module.table(["tim"], ["12345", "7"], root=tmp_path)
+    assert "30.0 %, F 0.700 (1 of 2 seeds) (n=100)" in one_seed  # a seed not run is said, not averaged in
+    partial = module.table(["tim", "fluid"], ["12345", "1"], root=tmp_path)
+    assert "not run" in partial and "1 of 2 folds run" in partial
+    write("lofo_tim_transfer_fp32_seed12345", 0.25)  # LOFO_TAG=_fp32: its own runs, beside the others
+    assert "| `tim` | 25.0 %, F 0.750 (n=100) |" in module.table(["tim"], ["12345"], tag="_fp32", root=tmp_path)
 
 
 def test_scheduler_cosine_decays_the_learning_rate_and_paper_keeps_it_constant(compose_cfg, tiny_h5, tmp_path):

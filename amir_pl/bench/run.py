@@ -42,22 +42,26 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from amir_pl.core.errors import AmirError
 from amir_pl.dataset.schema import write_synthetic
 from amir_pl.features.params import FeatureParams
 from amir_pl.training.data import H5DataModule
+from amir_pl.training.host_memory import keep_freed_memory
 from amir_pl.training.module import AmirModule
+from amir_pl.training.precision import cpu_bf16_features
+from amir_pl.training.train import build_module
 
 
-def app_config(name: str) -> DictConfig:
-    """Another app's config as Hydra composes it (its defaults, no command line), to run its library
+def app_config(name: str, overrides=()) -> DictConfig:
+    """Another app's config as Hydra composes it (its defaults and ``overrides``), to run its library
     function here; inside a running app through its Hydra instance, else through a new one."""
     if GlobalHydra.instance().is_initialized():
-        return compose(name)
+        return compose(name, overrides=list(overrides))
     with initialize_config_module("amir_pl.conf", version_base="1.3"):
-        return compose(name)
+        return compose(name, overrides=list(overrides))
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
@@ -192,10 +196,10 @@ def _bare_round(module: AmirModule, batches: list, warmup: int, device) -> float
     return (len(batches) - warmup) / _timed_steps(module.net.to(device).train(), batches, warmup, device)
 
 
-def _timing_trainer(callback: L.Callback, **options) -> L.Trainer:
+def _timing_trainer(callback: L.Callback, accelerator: str = "auto", **options) -> L.Trainer:
     """A Trainer that only trains, on one device: no validation, loggers, checkpoints or progress bar."""
     return L.Trainer(
-        accelerator="auto",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -296,12 +300,15 @@ def _module(model_cfg: DictConfig, shape, options) -> AmirModule:
     )
 
 
-def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, options) -> float:
-    """Samples/s of the bare training step with these options on random tensors already on the device."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _bare_ceiling(model_cfg: DictConfig, shape, batch_size: int, steps: int, options, device=None) -> float:
+    """Samples/s of the bare training step with these options on random tensors already on the device
+    (positive, as power mels are: a net that compresses them takes their log)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = _module(model_cfg, shape, options).to(device)
     module.configure_model()
-    x = torch.randn(batch_size, 1, *shape, device=device)
+    x = torch.rand(batch_size, 1, *shape, device=device)
+    if getattr(module.net, "needs_input_statistics", False):  # model.input_norm=band
+        module.net.fit_input_statistics(x[:, 0])
     y = torch.randint(0, 12, (batch_size,), device=device)
     autocast = torch.autocast(
         device.type, dtype=torch.bfloat16, enabled=str(options.get("precision", "32")).startswith("bf16")
@@ -356,6 +363,68 @@ def bench_train(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> list[
     return rows
 
 
+def bench_train_cpu(cfg: DictConfig, work_dir: Path) -> list[dict]:
+    """Training on the CPU end to end, as ``amir-train <cfg.overrides>`` trains (the DataModule reading the
+    HDF5 file, augmentation, the net, Adam: ``Trainer.fit``, no validation or checkpoints), in each of
+    ``cfg.precisions``, beside the bare step of the same net in each precision on tensors in memory. Every
+    figure is also given over the bare float32 channels_last step, timed in the same run."""
+    path = work_dir / "bench_train_cpu.h5"
+    features = FeatureParams()
+    write_synthetic(path, {"train": -(-cfg.clips // 12)}, features=features, overwrite=True)
+    shape = (features.n_mels, features.frames)
+    cpu = torch.device("cpu")
+    rows = []
+    try:
+        configs = {
+            precision: app_config("train", [f"data.path={path}", *cfg.overrides, f"trainer.precision={precision}"])
+            for precision in cfg.precisions
+        }
+        keep = all(train_cfg.get("keep_freed_memory") for train_cfg in configs.values())
+        if keep:  # as amir-train does (process-wide: keep_freed_memory=false is measured in a process of its own)
+            keep_freed_memory()
+        bare = {}
+        for precision, train_cfg in configs.items():
+            options = {"precision": precision, "channels_last": bool(train_cfg.module.get("channels_last"))}
+            bare[precision] = _bare_ceiling(
+                train_cfg.model, shape, train_cfg.data.batch_size, cfg.bare_steps, options, device=cpu
+            )
+        reference_cfg = app_config("train", [f"data.path={path}", *cfg.overrides, "trainer.precision=32-true"])
+        reference = _bare_ceiling(
+            reference_cfg.model,
+            shape,
+            reference_cfg.data.batch_size,
+            cfg.bare_steps,
+            {"precision": "32-true", "channels_last": True},
+            device=cpu,
+        )
+        for precision, train_cfg in configs.items():
+            L.seed_everything(train_cfg.seed)
+            datamodule = instantiate(train_cfg.data)
+            timer = _EpochTimer()
+            trainer = _timing_trainer(timer, accelerator="cpu", max_epochs=cfg.epochs, precision=precision)
+            trainer.fit(build_module(train_cfg, datamodule), datamodule=datamodule)
+            end_to_end = timer.samples / timer.seconds
+            row = {
+                "precision": precision,
+                "overrides": list(cfg.overrides),
+                "clips": datamodule.info.splits["train"],
+                "batch_size": train_cfg.data.batch_size,
+                "threads": torch.get_num_threads(),
+                "keep_freed_memory": keep,
+                "samples_per_s": round(end_to_end, 1),
+                "bare_samples_per_s": round(bare[precision], 1),
+                "of_bare": round(end_to_end / bare[precision], 3),
+                "bare_fp32_channels_last_samples_per_s": round(reference, 1),
+                "over_bare_fp32_channels_last": round(end_to_end / reference, 3),
+                "device": _device_name(cpu),
+            }
+            rows.append(row)
+            print(f"train_cpu: {row}", flush=True)
+    finally:
+        path.unlink(missing_ok=True)
+    return rows
+
+
 def bench_stream(cfg: DictConfig, work_dir: Path) -> dict:
     """The training loader over a file of ``cfg.clips`` clips: one epoch, clips/s, peak memory per process."""
     path = work_dir / "bench_stream.h5"
@@ -388,8 +457,19 @@ def bench_stream(cfg: DictConfig, work_dir: Path) -> dict:
     return row
 
 
-def _device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+def _device_name(device: torch.device | None = None) -> str:
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        return torch.cuda.get_device_name()
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "cpu")
+    bf16 = ", ".join(cpu_bf16_features()) or "none"
+    return f"{model} ({torch.get_num_threads()} threads; native bf16: {bf16})"
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _one_thread() -> None:
@@ -557,6 +637,8 @@ def bench(cfg: DictConfig) -> dict:
         results["overhead"] = bench_overhead(cfg.overhead, cfg.model)
     if "train" in cfg.benches:
         results["train"] = bench_train(cfg.train, cfg.model, Path(cfg.loader.work_dir or out_dir))
+    if "train_cpu" in cfg.benches:
+        results["train_cpu"] = bench_train_cpu(cfg.train_cpu, Path(cfg.loader.work_dir or out_dir))
     if "stream" in cfg.benches:
         results["stream"] = bench_stream(cfg.stream, Path(cfg.loader.work_dir or out_dir))
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

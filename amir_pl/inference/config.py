@@ -31,6 +31,7 @@ class PredictConfig:
     num_workers: int = MISSING
     windows_per_task: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:<index>
+    precision: str | None = MISSING  # null: the checkpoint's
     progress: bool = MISSING
     paths: Any = MISSING
 
@@ -57,6 +58,7 @@ class EvaluateRecordingsConfig:
     num_workers: int = MISSING
     windows_per_task: int = MISSING
     device: str = MISSING
+    precision: str | None = MISSING
     progress: bool = MISSING
     tensorboard: bool = MISSING
     paths: Any = MISSING

@@ -45,6 +45,10 @@ def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassi
         "resampling": {"library": "torchaudio.functional.resample", **RESAMPLING},
         "rms_threshold": silence_gate(rms_threshold, module.hparams["features"]),
         "checkpoint": str(Path(ckpt_path).resolve()),
+        # Exported in float32 whatever the training precision: bf16-mixed keeps float32 weights, and a
+        # float32 program runs on every server; the checkpoint's precision is recorded for reference.
+        "compute": "float32",
+        "trained_precision": module.trained_precision or "32-true",
     }
     return model, metadata
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
 from amir_pl.inference.config import Aggregation
 from amir_pl.inference.plots import plot_timeline
 from amir_pl.training.module import load_checkpoint
+from amir_pl.training.precision import autocast, scoring_precision
+
+log = logging.getLogger(__name__)
 
 AGGREGATIONS = tuple(rule.value for rule in Aggregation)
 
@@ -114,6 +118,7 @@ class Scorer:
     settings: ClipSettings
     device: torch.device
     batch_size: int
+    precision: str  # the forward pass runs in Lightning's autocast for a "-mixed" precision
 
 
 def load_scorer(cfg: DictConfig) -> Scorer:
@@ -135,6 +140,8 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
+    precision, why = scoring_precision(cfg.get("precision"), module.trained_precision, device.type)
+    log.info("precision %s (%s) on %s", precision, why, device)
     # channels_last: faster convolutions on a CPU (docs/performance.md, "Measurements behind the code").
     net = module.net.to(device, memory_format=torch.channels_last).eval()
     first_conv = next(layer for layer in net.modules() if isinstance(layer, torch.nn.Conv2d))
@@ -147,6 +154,7 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         settings,
         device,
         _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes()),
+        precision,
     )
 
 
@@ -170,7 +178,7 @@ def score_windows(
             for start in range(0, len(windows.mels), scorer.batch_size):
                 batch = torch.from_numpy(windows.mels[start : start + scorer.batch_size]).unsqueeze(1)
                 batch = batch.to(scorer.device, memory_format=torch.channels_last)
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast(scorer.device, scorer.precision):
                     probabilities[windows.task.file_index].append(
                         torch.softmax(scorer.net(batch), dim=1).float().cpu().numpy()
                     )

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from amir_pl.core.errors import AmirError
 from amir_pl.dataset.schema import DatasetFileError, DatasetInfo, read_info, read_sorted_rows
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,9 @@ class H5DataModule(L.LightningDataModule):
         cache_max_fraction: float = 0.7,
     ):
         super().__init__()
+        for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AmirError(f"data.{option}={value!r}: must be a whole number of clips >= 1 (the thesis used 64)")
         self.path = Path(path)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -44,6 +44,7 @@ from omegaconf import OmegaConf
 
 from amir_pl.core.errors import AmirError
 from amir_pl.core.files import atomic_write
+from amir_pl.training.precision import FP32
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,80 @@ def last_checkpoint_path(trainer) -> Path:
         if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
             return Path(callback.dirpath) / LAST
     return Path(trainer.default_root_dir) / CHECKPOINT_DIR / LAST
+
+
+class NonFiniteLoss(AmirError):
+    """Training stopped at a step whose loss was NaN or infinite."""
+
+
+NO_BAD_STEP = 2**62
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before any checkpoint holds its weights.
+
+    Without it a run with bad rows trains to the end on NaN weights and keeps a "best" checkpoint of
+    them. The first bad step is tracked on the device (no host read per step); it is read every step
+    in a single CPU process (free), else every ``check_every_n_steps`` steps, at each epoch end and
+    before every checkpoint is written, with the ranks agreeing, so no checkpoint after it is saved.
+    """
+
+    def __init__(self, check_every_n_steps: int = 10):
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self._first_bad: torch.Tensor | None = None  # the global step of the first non-finite loss
+        self._bad_batch_finite: bool | None = None  # were that batch's features finite (when seen)?
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first_bad = torch.tensor(NO_BAD_STEP, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or self._first_bad is None:
+            return
+        step = trainer.global_step - 1  # the optimizer step this loss made
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first_bad = torch.where(bad, torch.minimum(self._first_bad, torch.tensor(step)), self._first_bad)
+        every_step = trainer.world_size == 1 and pl_module.device.type == "cpu"
+        if every_step or trainer.global_step % self.check_every_n_steps == 0:
+            if every_step and bool(bad):
+                self._bad_batch_finite = bool(torch.isfinite(batch[0]).all())
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._check(trainer)  # raising here writes nothing: the file would hold the NaN weights
+
+    def _check(self, trainer) -> None:
+        if self._first_bad is None:
+            return
+        first_bad = int(trainer.strategy.reduce(self._first_bad.clone(), reduce_op="min"))
+        if first_bad == NO_BAD_STEP:
+            return
+        self._first_bad = None  # stop checking: the run ends here
+        raise NonFiniteLoss(self._message(trainer, first_bad))
+
+    def _message(self, trainer, step: int) -> str:
+        kept = {
+            path
+            for callback in trainer.checkpoint_callbacks
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+            if path and Path(path).is_file()
+        }
+        data = f"data.path={getattr(trainer.datamodule, 'path', '?')}"
+        if self._bad_batch_finite is False:
+            cause = f"that batch's features are NaN or infinite: rows of {data} are bad; re-create it with amir-prepare"
+        else:
+            ran_in = "" if str(trainer.precision) == FP32 else f", it ran in {trainer.precision}"
+            cause = (
+                f"check the training rows of {data}, the learning rate (optimizer.lr=) "
+                f"and the precision (trainer.precision={FP32}{ran_in})"
+            )
+        return (
+            f"training loss is not finite at step {step} (epoch {trainer.current_epoch}): training stopped; {cause}; "
+            + (f"kept from before it: {', '.join(sorted(kept))}" if kept else "no checkpoint was written before it")
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from amir_pl.dataset.schema import DatasetInfo
 from amir_pl.training import report
 from amir_pl.training.data import H5DataModule
 from amir_pl.training.module import AmirModule, load_checkpoint
+from amir_pl.training.precision import scoring_precision
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     if missing:
         raise AmirError(f"splits={splits}: {info.path} has no {missing}; it has {list(info.splits)}")
     # null: the checkpoint's own precision (a bf16-mixed run's figures are reproduced); older ones: 32-true
-    precision = cfg.trainer.get("precision") or module.trained_precision or "32-true"
-    source = (
-        "trainer.precision"
-        if cfg.trainer.get("precision")
-        else "the checkpoint's"
-        if module.trained_precision
-        else "the checkpoint does not say"
+    precision, source = scoring_precision(
+        cfg.trainer.get("precision"), module.trained_precision, cfg.trainer.get("accelerator")
     )
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision=precision)
     if str(trainer.precision) != str(precision):  # e.g. Lightning runs 16-mixed as bf16-mixed on a CPU

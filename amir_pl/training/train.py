@@ -25,7 +25,9 @@ from amir_pl.training.fault_tolerance import (
     requeued_slurm_run,
     run_dir_of,
 )
+from amir_pl.training.host_memory import keep_freed_memory
 from amir_pl.training.module import AmirModule
+from amir_pl.training.precision import log_precision, resolve_precision
 from amir_pl.training.scoring import finish, score_splits
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,9 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     return checkpoint
 
 
-def train(cfg: DictConfig) -> dict[str, dict]:
-    """Fit, then score ``cfg.test_splits`` with the best checkpoint; returns the metrics.json entries."""
-    L.seed_everything(cfg.seed, workers=True)
-    resume_from = _resume_checkpoint(cfg)
-    datamodule: H5DataModule = instantiate(cfg.data)
+def build_module(cfg: DictConfig, datamodule: H5DataModule) -> AmirModule:
+    """The LightningModule amir-train fits for ``cfg`` on ``datamodule``'s file (amir-bench times the same)."""
     info = datamodule.info
-    datamodule.require_split("train")
     module = AmirModule(
         net=cfg.model,
         optimizer=cfg.optimizer,
@@ -84,12 +82,29 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     if getattr(module.net, "needs_input_statistics", False):
         module.net.fit_input_statistics(datamodule.first_clips("train", INPUT_STATISTICS_CLIPS))
         log.info("per-band input statistics from the first %d training clips", INPUT_STATISTICS_CLIPS)
+    return module
+
+
+def train(cfg: DictConfig) -> dict[str, dict]:
+    """Fit, then score ``cfg.test_splits`` with the best checkpoint; returns the metrics.json entries."""
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
+    resume_from = _resume_checkpoint(cfg)
+    datamodule: H5DataModule = instantiate(cfg.data)
+    info = datamodule.info
+    datamodule.require_split("train")
+    module = build_module(cfg, datamodule)
     checkpoint_cfg = cfg.get("callbacks", {}).get("model_checkpoint")
     if not datamodule.has_split("val") and checkpoint_cfg is not None and checkpoint_cfg.get("monitor"):
         log.warning("%s has no 'val' split: no validation; keeping the last checkpoint only", info.path)
         with open_dict(cfg):
             checkpoint_cfg.monitor = None
             checkpoint_cfg.filename = "epoch{epoch:03d}"
+    precision, why = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    log_precision(precision, why)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision  # what the TensorBoard hyperparameters and the Trainer see
     loggers = _instantiate_all(cfg.get("logger"))
     plugins = [AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.devices, cfg.trainer.num_nodes)]
     callbacks = _instantiate_all(cfg.get("callbacks"))
