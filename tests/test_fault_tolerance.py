@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -115,14 +116,23 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(tiny_h5, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGUSR1"])
 def test_preemption_signal_saves_a_checkpoint_then_resume_finishes(tiny_h5, tmp_path, uninterrupted, signame):
     root = tmp_path / "outputs"
     stopped = _train(tiny_h5, root, "logger=csv", crash_at=13, crash_signal=signame)  # handled at the end of step 14
     assert stopped.returncode == 128 + signal.Signals[signame], stopped.stderr[-3000:]
-    assert "resume=true" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    (run_dir,) = root.glob("train/*")
+    # one line: the signal (Ctrl-C for SIGINT), the epoch and step reached, the checkpoint, the command
+    line = stopped.stderr.strip().splitlines()[-1]
+    name = "Ctrl-C (SIGINT)" if signame == "SIGINT" else signame
+    saved = f"saved {run_dir}/checkpoints/last.ckpt; to continue: amir-train "
+    assert line.startswith(f"amir-train: stopped by {name} at epoch 2, step 14; {saved}"), line
+    assert line.endswith(f" resume={run_dir}")
     assert _last(root)["global_step"] == 14  # saved by the signal, not by the every-3-steps schedule
-    resumed = _train(tiny_h5, root, "logger=csv", "resume=true")
+    command = shlex.split(line.split("to continue: ", 1)[1])
+    assert command[1:-1] == [f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", "logger=csv"]
+    resumed = run_console_script(command[0], *command[1:], cwd=root.parent, env={"PYTHONPATH": str(TESTS)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_training(_last(root), uninterrupted)
 
@@ -246,3 +256,23 @@ def test_kill_9_then_resume_with_augmentation_equals_uninterrupted_run(tiny_h5, 
     resumed = _train(tiny_h5, root, *recipe, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_training(_last(root), _last(reference))
+
+
+def test_checkpoints_are_written_once_beside_their_target(compose_cfg, tiny_h5, tmp_path, monkeypatch):
+    import amir_pl.training.fault_tolerance as fault_tolerance
+
+    written = []
+    real_save = torch.save
+
+    def save(obj, path, *args, **kwargs):
+        written.append(Path(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(fault_tolerance.torch, "save", save)
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=2", "logger=csv"]))
+    folder = tmp_path / "checkpoints"
+    # last.ckpt twice and the best at least once, each written once, to a hidden name in the checkpoints folder
+    assert len(written) >= 3 and all(path.parent == folder and path.name.startswith(".") for path in written)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [next(folder.glob("epoch*.ckpt")).name, "last.ckpt"]
+    )  # no temporary file left

@@ -113,7 +113,9 @@ def test_predict_and_export_follow_the_checkpoints_precision(compose_cfg, tiny_h
     assert np.abs(fp32 - bf16).max() > 1e-3, np.abs(fp32 - bf16).max()
 
     def window_probabilities(*overrides):
-        cfg = compose_cfg("predict", [f"ckpt_path={ckpt}", f"inputs={tone}", "num_workers=0", "timeline=true", *overrides])
+        cfg = compose_cfg(
+            "predict", [f"ckpt_path={ckpt}", f"inputs={tone}", "num_workers=0", "timeline=true", *overrides]
+        )
         return np.array(predict(cfg)[0]["window_probabilities"])
 
     np.testing.assert_allclose(window_probabilities(), bf16, atol=2e-4)  # null: the checkpoint's bf16-mixed

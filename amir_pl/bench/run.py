@@ -22,6 +22,10 @@
   each set of speed options (precision, channels_last, torch.compile, cudnn
   benchmark, data.cache), each beside its bare-model ceiling: the same net and
   options on random tensors already on the device.
+- ``train_cpu``: training on the CPU end to end as ``amir-train`` trains it (``train_cpu.overrides``,
+  default ``experiment=transfer``: the DataModule, augmentation, ``Trainer.fit``) in each precision,
+  beside the bare step of the same net in each precision and over the bare float32 channels_last step
+  timed in the same run.
 - ``stream``: one epoch over a file too big to cache (default 300,000 clips, ~10 GB)
   with the training DataLoader: clips/s and the peak memory of every process.
 
@@ -46,6 +50,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from amir_pl.core.errors import AmirError
+from amir_pl.core.files import atomic_write
 from amir_pl.dataset.schema import write_synthetic
 from amir_pl.features.params import FeatureParams
 from amir_pl.training.data import H5DataModule
@@ -641,6 +646,6 @@ def bench(cfg: DictConfig) -> dict:
         results["train_cpu"] = bench_train_cpu(cfg.train_cpu, Path(cfg.loader.work_dir or out_dir))
     if "stream" in cfg.benches:
         results["stream"] = bench_stream(cfg.stream, Path(cfg.loader.work_dir or out_dir))
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(out_dir / "bench.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
     print(f"results: {out_dir / 'bench.json'}")
     return results

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
-from amir_pl.core.files import atomic_write, read_table
+from amir_pl.core.files import atomic_write, read_table, warn_if_short_of_space
 from amir_pl.core.labels import canonical_name
 from amir_pl.dataset.schema import SPLITS, DatasetWriter, shuffle_rows
 from amir_pl.features.audio import AUDIO_EXTENSIONS, AudioError, clip_count, probe
@@ -237,6 +237,11 @@ def prepare(cfg: DictConfig) -> dict:
     # in a seeded random row order: the trainer reads runs of consecutive rows.
     staging = output.with_name(f".{output.name}.unshuffled")
     total_clips = sum(t.count for t in tasks)
+    clip_bytes = features.n_mels * features.frames * np.dtype(str(cfg.dtype)).itemsize
+    # the staging file and the shuffled output exist side by side until the end
+    warn_if_short_of_space(
+        output.parent, 2 * total_clips * clip_bytes, "the dataset file and its staging copy", "output="
+    )
     with DatasetWriter(
         staging, class_names, features, dtype=str(cfg.dtype), chunk_clips=cfg.chunk_clips, overwrite=True
     ) as writer:

@@ -198,11 +198,12 @@ class DatasetWriter:
             dataset[n_old:] = np.asarray(values, dtype=dataset.dtype if name != "source" else object)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None:
-            os.replace(self.tmp_path, self.path)
-        else:
-            self.tmp_path.unlink(missing_ok=True)
+        try:
+            self._file.close()  # flushes: a full disk may fail here
+            if exc_type is None:
+                os.replace(self.tmp_path, self.path)
+        finally:
+            self.tmp_path.unlink(missing_ok=True)  # gone after the rename; removed after any failure
 
 
 def read_sorted_rows(dataset: h5py.Dataset, sorted_indices: np.ndarray, out: np.ndarray) -> None:

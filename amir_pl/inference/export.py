@@ -65,7 +65,12 @@ def export(cfg: DictConfig) -> Path:
         if cfg.format == "torch_export":
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-            atomic_write(output, lambda tmp: torch.export.save(program, str(tmp), extra_files=extra))
+
+            def save_program(tmp: Path) -> None:
+                with open(tmp, "wb") as f:  # a file object: torch.export warns about a name not ending .pt2
+                    torch.export.save(program, f, extra_files=extra)
+
+            atomic_write(output, save_program)
         else:
             scripted = torch.jit.trace(model, example)
             atomic_write(output, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))

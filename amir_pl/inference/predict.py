@@ -307,41 +307,47 @@ def _row(result: FileResult, class_names, cfg) -> dict:
     return row
 
 
+PREDICTION_COLUMNS = [
+    "file",
+    "duration_s",
+    "windows_used",
+    "silent_windows",
+    "padded",
+    "status",
+    "top1",
+    "top1_score",
+    "top_k",
+    "error",
+]
+
+
 def _write_outputs(run_dir: Path, rows: list[dict]) -> None:
+    """predictions.json and predictions.csv, each under a temporary name and renamed when complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with (run_dir / "predictions.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "file",
-                "duration_s",
-                "windows_used",
-                "silent_windows",
-                "padded",
-                "status",
-                "top1",
-                "top1_score",
-                "top_k",
-                "error",
-            ]
-        )
-        for row in rows:
-            top_k = " ".join(f"{name}:{score:.3f}" for name, score in row.get("top_k", []))
-            writer.writerow(
-                [
-                    row["file"],
-                    row.get("duration_s", ""),
-                    row.get("windows_used", 0),
-                    row.get("silent_windows", 0),
-                    row.get("padded", False),
-                    row["status"],
-                    row.get("top1", ""),
-                    row.get("top1_score", ""),
-                    top_k,
-                    row.get("error", ""),
-                ]
-            )
+    atomic_write(run_dir / "predictions.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(PREDICTION_COLUMNS)
+            for row in rows:
+                top_k = " ".join(f"{name}:{score:.3f}" for name, score in row.get("top_k", []))
+                writer.writerow(
+                    [
+                        row["file"],
+                        row.get("duration_s", ""),
+                        row.get("windows_used", 0),
+                        row.get("silent_windows", 0),
+                        row.get("padded", False),
+                        row["status"],
+                        row.get("top1", ""),
+                        row.get("top1_score", ""),
+                        top_k,
+                        row.get("error", ""),
+                    ]
+                )
+
+    atomic_write(run_dir / "predictions.csv", write_csv)
 
 
 def _print_table(rows: list[dict]) -> None:

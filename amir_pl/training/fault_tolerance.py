@@ -53,14 +53,20 @@ LAST = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save checkpoints, written to a temporary name and renamed when complete."""
+    """Checkpoints written once, under a temporary name beside the target, and renamed when complete.
+
+    Lightning's own ``_atomic_save`` writes the file into the system's temporary folder first and then
+    moves it (a second write when that folder is on another file system, and a failure where ``/tmp``
+    is small or in RAM although the run folder has room). Remote paths (``s3://``...) keep Lightning's
+    fsspec writer.
+    """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options)
-        )
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -159,12 +165,13 @@ def _catchable_signal(name) -> signal.Signals:
 
 
 class Preempted(Exception):
-    """Training stopped on a signal after saving ``path``."""
+    """Training stopped on a signal after saving ``path`` at ``epoch`` and global ``step``."""
 
-    def __init__(self, signum: int, path: Path, handed_to: str | None = None):
-        self.signum, self.path, self.handed_to = signum, path, handed_to
+    def __init__(self, signum: int, path: Path, handed_to: str | None = None, epoch: int = 0, step: int = 0):
+        self.signum, self.path, self.handed_to, self.epoch, self.step = signum, path, handed_to, epoch, step
         then = f"; then handed the signal to {handed_to} (the requeue)" if handed_to else ""
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}{then}")
+        name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at epoch {epoch}, step {step}; saved {path}{then}")
 
 
 def _handler_name(handler) -> str:
@@ -193,6 +200,9 @@ class PreemptionCheckpoint(Callback):
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self._received == signal.SIGINT:  # a second Ctrl-C: stop at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
         self._received = signum
         log.warning("received %s: saving a checkpoint after this batch", signal.Signals(signum).name)
 
@@ -228,15 +238,16 @@ class PreemptionCheckpoint(Callback):
         # complete on every rank when this returns (a barrier follows the save)
         trainer.save_checkpoint(path, weights_only=False)
         previous = self._previous.get(signum)
-        if signum == signal.SIGTERM or not callable(previous):
-            raise Preempted(signum, path)  # on_exception puts the previous handlers back
+        reached = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        if signum in (signal.SIGTERM, signal.SIGINT) or not callable(previous):
+            raise Preempted(signum, path, **reached)  # on_exception puts the previous handlers back
         log.info("saved %s; handing %s over to %s", path, signal.Signals(signum).name, _handler_name(previous))
         # Lightning's requeue (it also writes its own hpc_ckpt_<n>.ckpt, then rank 0 runs scontrol requeue)
         # or submitit's (rank 0 requeues and exits here); both return on the other ranks. Our handler stays
         # until on_exception: a copy of the signal reaching a rank late only sets the flag again, instead of
         # starting a second, unsynchronised save in the previous handler.
         previous(signum, None)
-        raise Preempted(signum, path, handed_to=_handler_name(previous))
+        raise Preempted(signum, path, handed_to=_handler_name(previous), **reached)
 
 
 def last_checkpoint_path(trainer) -> Path:

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from amir_pl.core.files import warn_if_short_of_space
 from amir_pl.training.cluster import check_launch, cluster_plugins
 from amir_pl.training.data import H5DataModule
 from amir_pl.training.fault_tolerance import (
@@ -85,6 +86,19 @@ def build_module(cfg: DictConfig, datamodule: H5DataModule) -> AmirModule:
     return module
 
 
+def _check_room_for_checkpoints(module: AmirModule, cfg: DictConfig) -> None:
+    """Warn when the run folder's disk cannot hold the checkpoints the run keeps: each holds the weights
+    and Adam's two moments (3 x float32 per parameter); the best and last.ckpt, and one being written."""
+    checkpoint_bytes = 3 * 4 * sum(parameter.numel() for parameter in module.parameters())
+    kept = 3 if cfg.get("callbacks", {}).get("model_checkpoint") else 2
+    warn_if_short_of_space(
+        cfg.paths.output_dir,
+        kept * checkpoint_bytes,
+        f"{kept} checkpoints of {checkpoint_bytes / 1e6:.0f} MB",
+        "hydra.run.dir=<folder> or paths.root_dir=<folder>",
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Fit, then score ``cfg.test_splits`` with the best checkpoint; returns the metrics.json entries."""
     L.seed_everything(cfg.seed, workers=True)
@@ -105,6 +119,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     log_precision(precision, why)
     with open_dict(cfg):
         cfg.trainer.precision = precision  # what the TensorBoard hyperparameters and the Trainer see
+    _check_room_for_checkpoints(module, cfg)
     loggers = _instantiate_all(cfg.get("logger"))
     plugins = [AtomicCheckpointIO(), *cluster_plugins(cfg.trainer.devices, cfg.trainer.num_nodes)]
     callbacks = _instantiate_all(cfg.get("callbacks"))

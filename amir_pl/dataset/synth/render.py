@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
-from amir_pl.core.files import atomic_write
+from amir_pl.core.files import atomic_write, warn_if_short_of_space, write_fault
 from amir_pl.core.labels import CLASS_NAMES, irmas_code
 from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Phrase, compose_phrase
 from amir_pl.dataset.synth.renderers import FluidSynthRenderer, TinySoundFontRenderer, available_renderer, fallback_font
@@ -261,12 +261,15 @@ def _with_noise(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 def _write_flac(path: Path, audio: np.ndarray) -> None:
     """16-bit FLAC at the output rate, written under a temporary name and renamed (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        path,
-        lambda tmp: soundfile.write(
-            str(tmp), audio.astype(np.float32), _settings["sample_rate"], format="FLAC", subtype="PCM_16"
-        ),
-    )
+    try:
+        atomic_write(
+            path,
+            lambda tmp: soundfile.write(
+                str(tmp), audio.astype(np.float32), _settings["sample_rate"], format="FLAC", subtype="PCM_16"
+            ),
+        )
+    except (soundfile.LibsndfileError, OSError) as error:  # libsndfile says only "System error."
+        raise write_fault(path, error) from error
 
 
 def render_job(job: ClipJob | MixtureJob) -> ClipResult | MixtureResult:
@@ -506,6 +509,11 @@ def _check_mixtures(cfg: DictConfig) -> None:
 def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
+        if not any((output / name).is_file() for name in ("manifest.csv", "mixtures.csv")):
+            raise AmirError(
+                f"output={output} holds a render that did not finish (no manifest.csv: an earlier run stopped "
+                "part-way); add overwrite=true to render it again from the start (finished files are replaced)"
+            )
         raise AmirError(f"output={output} is not empty; add overwrite=true to render into it anyway")
     if cfg.mic_db < 3.0:
         raise AmirError(f"mic_db={cfg.mic_db}: the microphone colour's depth is drawn from 3 dB up to it; give >= 3")
@@ -538,6 +546,9 @@ def synth(cfg: DictConfig) -> Path:
         "mixture_seconds_max": float(cfg.mixtures.seconds[1]),
     }
     output.mkdir(parents=True, exist_ok=True)
+    # 16-bit samples: FLAC takes about half, so this errs on the safe side
+    seconds = len(jobs) * float(cfg.clip_seconds) + len(mixture_jobs) * float(cfg.mixtures.seconds[1])
+    warn_if_short_of_space(output, int(seconds * int(cfg.sample_rate) * 2), "the rendered files", "output=")
     results, mixtures = [], []
     total = len(jobs) + len(mixture_jobs)
     bar = tqdm(total=total, unit="file", desc=f"amir-synth ({renderer})", disable=not cfg.progress)
