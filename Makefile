@@ -139,8 +139,8 @@ transfer: system-packages sources install
 	    esac; \
 	  done; \
 	done
-	$(BIN)/python scripts/transfer_table.py --seeds $(TRANSFER_SEEDS) --tag "$(LOFO_TAG)" \
-	  $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold))))
+	$(BIN)/python scripts/transfer_table.py $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold)))) \
+	  --seeds $(TRANSFER_SEEDS) --tag "$(LOFO_TAG)"
 
 # The larger built-in set on a CPU (docs/results.md, "A larger set"): 400 clips per class, ~1 h on 2 cores.
 results-medium: system-packages install

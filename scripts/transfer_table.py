@@ -4,7 +4,7 @@ seeds with every seed's value; the MFCC + SVM baseline is deterministic and runs
 run of outputs/lofo_<family>_<recipe><tag>_seed<seed>/ (outputs/lofo_<family>_baseline/ for the
 baseline) and writes the table to stdout and outputs/lofo_table<tag>.md.
 
-    python scripts/transfer_table.py --seeds 12345 1 [--tag _fp32] tim fluid tonejs lmms
+    python scripts/transfer_table.py tim fluid tonejs lmms --seeds 12345 1 [--tag _fp32]
 """
 
 from __future__ import annotations

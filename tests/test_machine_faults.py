@@ -20,6 +20,7 @@ from amir_pl.core.errors import AmirError
 from amir_pl.core.files import intended_path, write_fault
 from amir_pl.dataset.prepare import prepare
 from amir_pl.dataset.schema import DatasetWriter
+from amir_pl.dataset.synth import synth
 from amir_pl.inference.export import export
 from amir_pl.inference.predict import predict
 from amir_pl.inference.recordings import evaluate_recordings
@@ -258,3 +259,75 @@ def test_amir_synth_warns_from_the_number_of_clips(compose_cfg, tmp_path, a_full
         _render(compose_cfg, tmp_path / "synth")
     warnings = [r.getMessage() for r in caplog.records if "MB free" in r.getMessage()]
     assert len(warnings) == 1 and "the rendered files need about" in warnings[0] and "output=" in warnings[0]
+
+
+def test_an_error_raised_while_handling_a_file_error_is_not_taken_for_one():
+    from amir_pl.apps._app import _file_system_fault
+
+    try:
+        try:
+            raise FileNotFoundError(errno.ENOENT, "No such file", "/x")
+        except OSError:
+            raise TypeError("a bug in the handler")  # noqa: B904 (the point of the test)
+    except TypeError as bug:
+        assert _file_system_fault(bug) is None
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/data/x.h5")
+    assert _file_system_fault(wrapped) == (errno.ENOSPC, "/data/x.h5")
+
+
+def test_advice_names_the_option_that_moves_the_failing_file(compose_cfg, tmp_path):
+    from amir_pl.apps._app import fault_message
+
+    cfg = compose_cfg("prepare", [f"output={tmp_path}/data/set.h5", "source=x"])
+    assert fault_message("amir-prepare", errno.EROFS, f"{tmp_path}/data/.set.h5.12.tmp", cfg).endswith(
+        f"read-only file system: {tmp_path}/data/set.h5; write it elsewhere with output=<path> "
+        "(HYDRA_FULL_ERROR=1 shows the traceback)"
+    )
+    assert "hydra.run.dir=<folder>" in fault_message(
+        "amir-prepare", errno.ENOSPC, f"{tmp_path}/prepare_report.json", cfg
+    )
+    assert "; check that folder (" in fault_message("amir-prepare", errno.EACCES, "/elsewhere/file", cfg)
+
+
+def test_synth_refuses_a_folder_of_other_files_as_not_empty_not_as_an_unfinished_render(compose_cfg, tmp_path):
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "song.mp3").write_bytes(b"")
+    cfg = compose_cfg("synth", [f"output={tmp_path / 'music'}"])
+    with pytest.raises(AmirError, match="is not empty; add overwrite=true"):
+        synth(cfg)
+
+
+def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
+    import signal
+
+    from amir_pl.training.data import _worker_init
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _worker_init(0)
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_non_finite_weights_after_finite_losses_are_not_saved(tmp_path):
+    from types import SimpleNamespace
+
+    from amir_pl.training.fault_tolerance import NO_BAD_STEP, NonFiniteLoss, StopOnNonFiniteLoss
+
+    module = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight[0, 0] = float("inf")
+    module.device = torch.device("cpu")
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(reduce=lambda value, reduce_op: value),
+        global_step=7,
+        current_epoch=1,
+        checkpoint_callbacks=[],
+    )
+    callback = StopOnNonFiniteLoss()
+    callback._first_bad = torch.tensor(NO_BAD_STEP)  # every loss was finite
+    with pytest.raises(NonFiniteLoss, match=r"weights are not finite at step 7 \(epoch 1\).*optimizer\.lr="):
+        callback.on_save_checkpoint(trainer, module, {})

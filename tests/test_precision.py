@@ -135,3 +135,27 @@ def test_trainer_cpu_trains_in_bf16_on_this_cpu(compose_cfg, tiny_h5, tmp_path):
     _train(compose_cfg, tiny_h5, "trainer.precision=auto")
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["amir_precision"] == "bf16-mixed"
+
+
+def test_scoring_follows_the_checkpoint_unless_its_bf16_would_be_emulated(cpu_without_bf16):
+    from amir_pl.core.errors import AmirError
+    from amir_pl.training.precision import scoring_precision
+
+    assert scoring_precision(None, "bf16-mixed", "cpu")[0] == "32-true"  # emulated bf16: float32 instead
+    assert scoring_precision(None, "32-true", "cpu")[0] == "32-true"
+    assert scoring_precision("bf16-mixed", "32-true", "cpu")[0] == "bf16-mixed"  # asked for: kept
+    with pytest.raises(AmirError, match="precision=bf16: use one of"):
+        scoring_precision("bf16", None, "cpu")
+
+
+def test_scoring_a_bf16_checkpoint_on_a_cpu_with_bf16_runs_bf16(cpu_with_bf16):
+    from amir_pl.training.precision import scoring_precision
+
+    assert scoring_precision(None, "bf16-mixed", "cpu") == ("bf16-mixed", "the checkpoint's")
+    assert scoring_precision(None, None, "cpu")[0] == "32-true"  # older checkpoints do not say
+
+
+def test_null_and_a_gpu_without_cuda_resolve_without_asking_the_driver(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision(None, "cpu")[0] == "32-true"
+    assert resolve_precision("auto", "gpu")[0] == "32-true"  # Lightning then says there is no GPU

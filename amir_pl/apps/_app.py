@@ -51,7 +51,8 @@ OUTPUT_OPTIONS = {"amir-prepare": "output", "amir-synth": "output", "amir-export
 
 
 def _file_system_fault(error: BaseException) -> tuple[int, str | None] | None:
-    """``(errno, path)`` of the file system fault behind ``error``, or None. h5py and libraries that wrap
+    """``(errno, path)`` of the file system fault behind ``error`` (itself or what it was raised from;
+    not an error that merely happened while handling another), or None. h5py and libraries that wrap
     the C library's error put the number and the file name in the message only."""
     seen = set()
     while error is not None and id(error) not in seen:
@@ -66,7 +67,7 @@ def _file_system_fault(error: BaseException) -> tuple[int, str | None] | None:
                 path = found.group(1)
             if number in FILE_SYSTEM_FAULTS:
                 return number, None if path is None else str(path)
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return None
 
 
@@ -84,10 +85,13 @@ def fault_message(app: str, number: int, path: str | None, cfg: DictConfig | Non
     cause, first = FILE_SYSTEM_FAULTS[number]
     option = OUTPUT_OPTIONS.get(app)
     output = cfg.get(option) if option and cfg is not None else None
+    run_dir = cfg.get("paths", {}).get("output_dir") if cfg is not None else None
     if output and (path is None or _inside(path, Path(str(output)).expanduser().parent)):
         move = f"write it elsewhere with {option}=<path>"
-    else:
+    elif cfg is None or path is None or _inside(path, run_dir):  # cfg None: the run folder itself
         move = "choose another run folder with hydra.run.dir=<folder> or paths.root_dir=<folder>"
+    else:
+        move = "check that folder"
     where = f": {intended_path(path)}" if path else ""
     return f"{app}: error: {cause}{where}; {first}{move} (HYDRA_FULL_ERROR=1 shows the traceback)"
 

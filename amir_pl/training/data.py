@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import weakref
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import h5py
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amir_pl.core.errors import AmirError
@@ -122,6 +124,17 @@ def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.float16 if dtype == np.float16 else torch.float32
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the training process, which saves a checkpoint and then
+    shuts them down: a terminal's Ctrl-C reaches every process of the group, and a worker that died of it
+    would stop the run with "DataLoader worker exited unexpectedly" before the save. Then Lightning's own
+    worker seeding, which a loader with a worker_init_fn would otherwise not get."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
 
 
 def _passthrough(batch):
@@ -430,6 +443,7 @@ class H5DataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            worker_init_fn=_worker_init if workers > 0 else None,
             # Worker seeds come from this generator, not the global RNG, so building a loader
             # draws nothing from the stream dropout uses (a resumed run stays exact).
             generator=torch.Generator().manual_seed(self.seed),

@@ -206,10 +206,14 @@ class PreemptionCheckpoint(Callback):
         self._received = signum
         log.warning("received %s: saving a checkpoint after this batch", signal.Signals(signum).name)
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Before the sanity check: a signal then is handled after the first training batch."""
         self._received = None
         for sig in self.signals:
-            self._previous[sig] = signal.getsignal(sig)
+            previous = signal.getsignal(sig)
+            if sig == signal.SIGINT and previous is signal.SIG_IGN:
+                continue  # started in the background (`cmd &`): Ctrl-C is not this process's to take
+            self._previous[sig] = previous
             signal.signal(sig, self._handle)
 
     def _restore_handlers(self) -> None:
@@ -218,6 +222,9 @@ class PreemptionCheckpoint(Callback):
         self._previous = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -300,6 +307,17 @@ class StopOnNonFiniteLoss(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._check(trainer)  # raising here writes nothing: the file would hold the NaN weights
+        # A finite loss can still leave non-finite weights (an overflow in the backward pass).
+        bad = torch.tensor(
+            float(not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())), device=pl_module.device
+        )
+        if float(trainer.strategy.reduce(bad, reduce_op="max")):
+            self._first_bad = None
+            raise NonFiniteLoss(
+                f"the weights are not finite at step {trainer.global_step} (epoch {trainer.current_epoch}) although "
+                f"every training loss was: training stopped before saving them; lower the learning rate "
+                f"(optimizer.lr=) or train in trainer.precision={FP32}; " + self._kept(trainer)
+            )
 
     def _check(self, trainer) -> None:
         if self._first_bad is None:
@@ -311,12 +329,6 @@ class StopOnNonFiniteLoss(Callback):
         raise NonFiniteLoss(self._message(trainer, first_bad))
 
     def _message(self, trainer, step: int) -> str:
-        kept = {
-            path
-            for callback in trainer.checkpoint_callbacks
-            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
-            if path and Path(path).is_file()
-        }
         data = f"data.path={getattr(trainer.datamodule, 'path', '?')}"
         if self._bad_batch_finite is False:
             cause = f"that batch's features are NaN or infinite: rows of {data} are bad; re-create it with amir-prepare"
@@ -328,8 +340,18 @@ class StopOnNonFiniteLoss(Callback):
             )
         return (
             f"training loss is not finite at step {step} (epoch {trainer.current_epoch}): training stopped; {cause}; "
-            + (f"kept from before it: {', '.join(sorted(kept))}" if kept else "no checkpoint was written before it")
+            + self._kept(trainer)
         )
+
+    @staticmethod
+    def _kept(trainer) -> str:
+        kept = {
+            path
+            for callback in trainer.checkpoint_callbacks
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+            if path and Path(path).is_file()
+        }
+        return f"kept from before it: {', '.join(sorted(kept))}" if kept else "no checkpoint was written before it"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def resolve_precision(requested, accelerator) -> tuple[str, str]:
     value is Lightning's and is kept (a forced bf16 on a CPU without native bf16 gets a warning).
     """
     device = _device_type(accelerator)
-    if requested is None or str(requested).lower() != AUTO:
+    if requested is None:
+        return FP32, "trainer.precision=null: Lightning's default"
+    if str(requested).lower() != AUTO:
         if device == "cpu" and is_bf16(requested) and not cpu_bf16_features():
             log.warning(
                 "trainer.precision=%s on a CPU without native bf16 (no AVX512_BF16 or AMX): PyTorch emulates it, "
@@ -66,6 +68,8 @@ def resolve_precision(requested, accelerator) -> tuple[str, str]:
             return BF16, f"auto: this CPU computes bf16 natively: {', '.join(features)}"
         return FP32, "auto: this CPU has no native bf16 (no AVX512_BF16 or AMX)"
     if device == "cuda":
+        if not torch.cuda.is_available():  # trainer.accelerator=gpu without one: Lightning says so
+            return FP32, "auto: no CUDA GPU to ask"
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return BF16, f"auto: {torch.cuda.get_device_name()} computes bf16"
         return FP32, f"auto: {torch.cuda.get_device_name()} has no bf16"
@@ -80,15 +84,25 @@ def log_precision(precision: str, why: str) -> None:
     log.info("precision %s (%s); trainer.precision=%s forces the other", precision, why, other)
 
 
+SCORING_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
+
+
 def scoring_precision(requested, trained: str | None, accelerator="auto") -> tuple[str, str]:
     """``(precision, why)`` for scoring a checkpoint: ``requested`` if given (``auto`` as in training), else
     the precision it was trained in (a bf16-mixed run's figures are reproduced), else 32-true (older
     checkpoints do not say)."""
     if requested:
+        if str(requested) not in SCORING_PRECISIONS:
+            raise AmirError(
+                f"precision={requested}: use one of {', '.join(SCORING_PRECISIONS)}, or null (the checkpoint's)"
+            )
         return resolve_precision(requested, accelerator)
-    if trained:
-        return str(trained), "the checkpoint's"
-    return FP32, "the checkpoint does not say"
+    if not trained:
+        return FP32, "the checkpoint does not say"
+    if is_bf16(trained) and _device_type(accelerator) == "cpu" and not cpu_bf16_features():
+        # emulated bf16 would be slower than float32 here, and float32 is at least as exact
+        return FP32, f"the checkpoint's {trained} would be emulated on this CPU (no AVX512_BF16 or AMX)"
+    return str(trained), "the checkpoint's"
 
 
 def autocast(device: torch.device, precision: str | None) -> torch.autocast:

@@ -269,7 +269,10 @@ def _write_flac(path: Path, audio: np.ndarray) -> None:
             ),
         )
     except (soundfile.LibsndfileError, OSError) as error:  # libsndfile says only "System error."
-        raise write_fault(path, error) from error
+        fault = write_fault(path, error)
+        if fault is error:
+            raise
+        raise fault from error
 
 
 def render_job(job: ClipJob | MixtureJob) -> ClipResult | MixtureResult:
@@ -509,7 +512,8 @@ def _check_mixtures(cfg: DictConfig) -> None:
 def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
-        if not any((output / name).is_file() for name in ("manifest.csv", "mixtures.csv")):
+        rendered = any((output / name).is_dir() for name in ("train", "val", "test", "mixtures"))
+        if rendered and not any((output / name).is_file() for name in ("manifest.csv", "mixtures.csv")):
             raise AmirError(
                 f"output={output} holds a render that did not finish (no manifest.csv: an earlier run stopped "
                 "part-way); add overwrite=true to render it again from the start (finished files are replaced)"
