@@ -206,8 +206,10 @@ class PreemptionCheckpoint(Callback):
         self._received = signum
         log.warning("received %s: saving a checkpoint after this batch", signal.Signals(signum).name)
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        """Before the sanity check: a signal then is handled after the first training batch."""
+    def on_train_start(self, trainer, pl_module) -> None:
+        """After Lightning has registered its own handlers (kept as the previous ones); loader workers
+        ignore these signals (``H5DataModule``), so one reaching the whole process group reaches this
+        process only."""
         self._received = None
         for sig in self.signals:
             previous = signal.getsignal(sig)
