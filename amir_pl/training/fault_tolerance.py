@@ -278,30 +278,30 @@ class StopOnNonFiniteLoss(Callback):
     """Stops training at the first step whose loss is NaN or infinite, before any checkpoint holds its weights.
 
     Without it a run with bad rows trains to the end on NaN weights and keeps a "best" checkpoint of
-    them. The first bad step is tracked on the device (no host read per step); it is read every step
-    in a single CPU process (free), else every ``check_every_n_steps`` steps, at each epoch end and
-    before every checkpoint is written, with the ranks agreeing, so no checkpoint after it is saved.
+    them. The first bad step, and whether that batch's features were finite, are tracked on the device
+    (no host read in a step: on a GPU each would wait for it); they are read every
+    ``check_every_n_steps`` steps, at each epoch end and before every checkpoint is written, the ranks
+    agreeing, so no checkpoint after the bad step is saved and the step named is exact.
     """
 
     def __init__(self, check_every_n_steps: int = 10):
         self.check_every_n_steps = max(1, check_every_n_steps)
         self._first_bad: torch.Tensor | None = None  # the global step of the first non-finite loss
-        self._bad_batch_finite: bool | None = None  # were that batch's features finite (when seen)?
+        self._bad_features: torch.Tensor | None = None  # were that batch's features NaN or infinite?
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._first_bad = torch.tensor(NO_BAD_STEP, device=pl_module.device)
+        self._bad_features = torch.tensor(False, device=pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or self._first_bad is None:
             return
         step = trainer.global_step - 1  # the optimizer step this loss made
-        bad = ~torch.isfinite(loss.detach()).all()
-        self._first_bad = torch.where(bad, torch.minimum(self._first_bad, torch.tensor(step)), self._first_bad)
-        every_step = trainer.world_size == 1 and pl_module.device.type == "cpu"
-        if every_step or trainer.global_step % self.check_every_n_steps == 0:
-            if every_step and bool(bad):
-                self._bad_batch_finite = bool(torch.isfinite(batch[0]).all())
+        first = ~torch.isfinite(loss.detach()).all() & (self._first_bad == NO_BAD_STEP)
+        self._first_bad = torch.where(first, torch.tensor(step, device=self._first_bad.device), self._first_bad)
+        self._bad_features = self._bad_features | (first & ~torch.isfinite(batch[0]).all())
+        if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -327,12 +327,13 @@ class StopOnNonFiniteLoss(Callback):
         first_bad = int(trainer.strategy.reduce(self._first_bad.clone(), reduce_op="min"))
         if first_bad == NO_BAD_STEP:
             return
+        bad_features = bool(trainer.strategy.reduce(self._bad_features.float(), reduce_op="max"))
         self._first_bad = None  # stop checking: the run ends here
-        raise NonFiniteLoss(self._message(trainer, first_bad))
+        raise NonFiniteLoss(self._message(trainer, first_bad, bad_features))
 
-    def _message(self, trainer, step: int) -> str:
+    def _message(self, trainer, step: int, bad_features: bool) -> str:
         data = f"data.path={getattr(trainer.datamodule, 'path', '?')}"
-        if self._bad_batch_finite is False:
+        if bad_features:
             cause = f"that batch's features are NaN or infinite: rows of {data} are bad; re-create it with amir-prepare"
         else:
             ran_in = "" if str(trainer.precision) == FP32 else f", it ran in {trainer.precision}"
