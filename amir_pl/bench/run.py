@@ -387,21 +387,19 @@ def bench_train_cpu(cfg: DictConfig, work_dir: Path) -> list[dict]:
         keep = all(train_cfg.get("keep_freed_memory") for train_cfg in configs.values())
         if keep:  # as amir-train does (process-wide: keep_freed_memory=false is measured in a process of its own)
             keep_freed_memory()
-        bare = {}
-        for precision, train_cfg in configs.items():
-            options = {"precision": precision, "channels_last": bool(train_cfg.module.get("channels_last"))}
-            bare[precision] = _bare_ceiling(
-                train_cfg.model, shape, train_cfg.data.batch_size, cfg.bare_steps, options, device=cpu
-            )
+
+        def bare_step(train_cfg, precision: str, channels_last: bool) -> float:
+            options = {"precision": precision, "channels_last": channels_last}
+            return _bare_ceiling(train_cfg.model, shape, train_cfg.data.batch_size, cfg.bare_steps, options, device=cpu)
+
         reference_cfg = app_config("train", [f"data.path={path}", *cfg.overrides, "trainer.precision=32-true"])
-        reference = _bare_ceiling(
-            reference_cfg.model,
-            shape,
-            reference_cfg.data.batch_size,
-            cfg.bare_steps,
-            {"precision": "32-true", "channels_last": True},
-            device=cpu,
-        )
+        reference = bare_step(reference_cfg, "32-true", True)
+        bare = {
+            precision: reference
+            if precision == "32-true" and train_cfg.module.get("channels_last")
+            else bare_step(train_cfg, precision, bool(train_cfg.module.get("channels_last")))
+            for precision, train_cfg in configs.items()
+        }
         for precision, train_cfg in configs.items():
             L.seed_everything(train_cfg.seed)
             datamodule = instantiate(train_cfg.data)

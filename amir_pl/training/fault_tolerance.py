@@ -226,9 +226,6 @@ class PreemptionCheckpoint(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_handlers()
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._restore_handlers()
-
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore_handlers()
 
@@ -299,7 +296,7 @@ class StopOnNonFiniteLoss(Callback):
             return
         step = trainer.global_step - 1  # the optimizer step this loss made
         first = ~torch.isfinite(loss.detach()).all() & (self._first_bad == NO_BAD_STEP)
-        self._first_bad = torch.where(first, torch.tensor(step, device=self._first_bad.device), self._first_bad)
+        self._first_bad = torch.where(first, step, self._first_bad)
         self._bad_features = self._bad_features | (first & ~torch.isfinite(batch[0]).all())
         if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)
@@ -310,10 +307,8 @@ class StopOnNonFiniteLoss(Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._check(trainer)  # raising here writes nothing: the file would hold the NaN weights
         # A finite loss can still leave non-finite weights (an overflow in the backward pass).
-        bad = torch.tensor(
-            float(not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())), device=pl_module.device
-        )
-        if float(trainer.strategy.reduce(bad, reduce_op="max")):
+        finite = torch.stack([torch.isfinite(p).all() for p in pl_module.parameters()]).all()
+        if float(trainer.strategy.reduce((~finite).float(), reduce_op="max")):
             self._first_bad = None
             raise NonFiniteLoss(
                 f"the weights are not finite at step {trainer.global_step} (epoch {trainer.current_epoch}) although "

@@ -8,9 +8,11 @@ float32 there. The choice is detected, never guessed from the CPU's name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from amir_pl.core.errors import AmirError
 
@@ -105,11 +107,10 @@ def scoring_precision(requested, trained: str | None, accelerator="auto") -> tup
     return str(trained), "the checkpoint's"
 
 
-def autocast(device: torch.device, precision: str | None) -> torch.autocast:
-    """The autocast context Lightning's mixed precisions run the forward pass in: bf16 for ``bf16-mixed``
-    (and ``16-mixed`` on a CPU, as Lightning runs it), fp16 for ``16-mixed`` on a GPU; off for the rest."""
+def autocast(device: torch.device, precision: str | None):
+    """The context Lightning's mixed precision runs the forward pass in (its ``MixedPrecision`` plugin;
+    ``16-mixed`` on a CPU as bf16, as Lightning's Trainer runs it); no change for any other precision."""
     text = str(precision)
     if not text.endswith("-mixed"):
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if text == "16-mixed" and device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
+        return contextlib.nullcontext()
+    return MixedPrecision("bf16-mixed" if device.type == "cpu" else text, device.type).forward_context()
