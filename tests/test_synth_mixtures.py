@@ -28,7 +28,11 @@ MIXTURES = [
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    root = tmp_path_factory.mktemp("library")
+    return make_library(tmp_path_factory.mktemp("library"))
+
+
+def make_library(root: Path) -> Path:
+    """A flute, an organ and a drum kit of synthetic samples (the piano plays the flute's tones)."""
     for name, midi in (("A3", 57), ("A4", 69), ("C5", 72), ("Fs5", 78)):
         write_note(root / "flute" / f"{name}.wav", 440.0 * 2 ** ((midi - 69) / 12), seconds=2.0)
     write_note(root / "organ" / "low.wav", 110.0, seconds=3.0, decay=20.0)

@@ -79,6 +79,16 @@ class SynthMixtures:
 
 
 @dataclass
+class SynthAccompaniment:
+    probability: float = MISSING  # share of the clips of `splits` played over accompaniment; 0: none
+    splits: list[str] = MISSING
+    instruments: list[int] = MISSING  # [low, high] accompanying instruments per such clip
+    level_db: list[float] = MISSING  # [low, high] RMS level of each against the clip's instrument (< 0)
+    rhythm_probability: float = MISSING  # chance that drums, and separately bass, accompany
+    stems: bool = MISSING
+
+
+@dataclass
 class SynthConfig:
     task_name: str = MISSING
     output: str = MISSING
@@ -102,6 +112,7 @@ class SynthConfig:
     mic_probability: float = MISSING
     mic_db: float = MISSING
     room_splits: list[str] = MISSING
+    accompaniment: SynthAccompaniment = field(default_factory=SynthAccompaniment)
     mixtures: SynthMixtures = field(default_factory=SynthMixtures)
     sources_dir: str = MISSING
     sources: dict[str, Source] = MISSING

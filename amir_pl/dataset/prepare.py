@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class Recording:
     label: str  # canonical class name
     split: str | None  # given by the layout or the manifest, else None
     family: str | None = None  # the manifest's family column (amir-synth writes one)
+    instruments: tuple[str, ...] = ()  # the manifest's instruments column: every class sounding (label included)
 
 
 # --- finding the recordings -----------------------------------------------------------------
@@ -79,7 +80,8 @@ def scan_tree(root: Path) -> tuple[list[Recording], list[dict]]:
 
 
 def read_manifest(manifest: Path) -> list[Recording]:
-    """A CSV with columns ``path,label[,split][,family]``; relative paths are relative to the manifest's folder."""
+    """A CSV with columns ``path,label[,split][,family][,instruments]``; relative paths are relative to the
+    manifest's folder. ``instruments`` (every instrument sounding, ``;``-separated) makes the multi-hot targets."""
     base = manifest.parent
     fields, rows = read_table(manifest)
     if "path" not in fields or "label" not in fields:
@@ -92,7 +94,10 @@ def read_manifest(manifest: Path) -> list[Recording]:
         path = Path(row.get("path", ""))
         absolute = path if path.is_absolute() else base / path
         label = canonical_name(row.get("label", ""))
-        recordings.append(Recording(absolute, row.get("path", ""), label, split, row.get("family") or None))
+        instruments = tuple(canonical_name(name) for name in (row.get("instruments") or "").split(";") if name.strip())
+        recordings.append(
+            Recording(absolute, row.get("path", ""), label, split, row.get("family") or None, instruments)
+        )
     return recordings
 
 
@@ -128,7 +133,7 @@ def splits_by_family(recordings: list[Recording], family_splits: dict, source: P
     unknown = sorted(set(split_of) - {r.family for r in recordings})
     if unknown:
         raise AmirError(f"family_splits: no recording of the families {unknown} in {source}")
-    return [Recording(r.path, r.source, r.label, split_of.get(r.family, "train"), r.family) for r in recordings]
+    return [replace(r, split=split_of.get(r.family, "train")) for r in recordings]
 
 
 def assign_splits(recordings: list[Recording], fractions: dict, seed: int) -> list[Recording]:
@@ -154,7 +159,7 @@ def assign_splits(recordings: list[Recording], fractions: dict, seed: int) -> li
         for split, count in zip(SPLITS, counts):
             for index in order[position : position + count]:
                 recording = files[index]
-                assigned[id(recording)] = Recording(recording.path, recording.source, label, split, recording.family)
+                assigned[id(recording)] = replace(recording, split=split)
             position += count
     return [assigned[id(r)] for r in recordings]
 
@@ -231,6 +236,8 @@ def prepare(cfg: DictConfig) -> dict:
     tasks = make_tasks(enumerate(probed), settings, cfg.clips_per_task)
 
     label_index = {name: i for i, name in enumerate(class_names)}
+    # multi-hot targets when the manifest lists the instruments of any clip (classes outside `classes` left out)
+    with_targets = any(r.instruments for r in recordings)
     per_file = defaultdict(lambda: {"clips": 0, "silent": 0, "nonfinite": 0, "overflow": 0, "errors": []})
     written = Counter()  # (split, label) -> clips
     # Written recording by recording (class by class) to a staging file, then copied to the output
@@ -257,12 +264,18 @@ def prepare(cfg: DictConfig) -> dict:
             stats["overflow"] += result.overflow
             if result.mels is not None:
                 n = len(result.mels)
+                targets = None
+                if with_targets:
+                    targets = np.zeros((n, len(class_names)), dtype=np.uint8)
+                    sounding = {recording.label, *recording.instruments} & set(label_index)
+                    targets[:, [label_index[name] for name in sounding]] = 1
                 writer.append(
                     recording.split,
                     result.mels,
                     np.full(n, label_index[recording.label]),
                     [recording.source] * n,
                     result.offsets,
+                    targets,
                 )
                 stats["clips"] += n
                 written[(recording.split, recording.label)] += n

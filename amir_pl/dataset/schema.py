@@ -4,7 +4,8 @@ One file holds log-mel (or power-mel) clips. Root attributes describe the
 features (see ``FEATURE_ATTRS``) and the class list; groups ``train`` / ``val``
 / ``test`` (training needs ``train``; a file for evaluation only may hold just
 ``test``) hold ``x`` (N, n_mels, frames),
-``y`` (N,), ``source`` (N,) and ``offset`` (N,). Rows of a split are in a seeded random
+``y`` (N,), ``source`` (N,) and ``offset`` (N,), and optionally ``targets`` (N, classes; uint8
+multi-hot: every instrument sounding in the clip, its ``y`` included). Rows of a split are in a seeded random
 order, so that any run of consecutive rows is a random draw of clips (see ``shuffle_rows``).
 The optional root attribute ``rms_threshold`` records the silence gate the clips passed.
 """
@@ -44,6 +45,7 @@ class DatasetInfo:
     dtype: np.dtype
     chunk_clips: int  # clips per HDF5 chunk of train/x (1 when not chunked)
     rms_threshold: float | None = None  # the silence gate the clips passed (None: not recorded)
+    targets: tuple[str, ...] = ()  # the splits that hold multi-hot ``targets``
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -94,7 +96,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             raise _fail(path, f"root attribute 'scale' is {features.scale!r}, expected 'power' or 'db'")
         if not any(split in f for split in SPLITS):
             raise _fail(path, f"no split group 'train', 'val' or 'test' (found groups {sorted(f.keys())})", regenerate)
-        splits, dtype, chunk_clips = {}, None, 1
+        splits, dtype, chunk_clips, with_targets = {}, None, 1, []
         for split in SPLITS:
             if split not in f:
                 continue
@@ -127,12 +129,30 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
                     f"dataset '{split}/y' holds labels {labels.min()}..{labels.max()}, "
                     f"expected 0..{len(class_names) - 1} (one per class_names entry)",
                 )
+            if "targets" in group:
+                _check_targets(path, split, group["targets"], n, len(class_names), labels)
+                with_targets.append(split)
             splits[split] = n
             if dtype is None:  # the first split present describes the layout
                 dtype = x.dtype
                 chunk_clips = x.chunks[0] if x.chunks else 1
         rms_threshold = float(f.attrs["rms_threshold"]) if "rms_threshold" in f.attrs else None
-    return DatasetInfo(path, class_names, features, splits, dtype, chunk_clips, rms_threshold)
+    return DatasetInfo(path, class_names, features, splits, dtype, chunk_clips, rms_threshold, tuple(with_targets))
+
+
+def _check_targets(path: Path, split: str, targets, n: int, classes: int, labels: np.ndarray) -> None:
+    """``targets``: (N, classes) of 0/1, with every clip's own label set."""
+    if not isinstance(targets, h5py.Dataset) or targets.shape != (n, classes):
+        shape = getattr(targets, "shape", None)
+        raise _fail(path, f"dataset '{split}/targets' has shape {shape}, expected ({n}, {classes}): one row per clip")
+    if targets.dtype.kind not in "iub":
+        raise _fail(path, f"dataset '{split}/targets' has dtype {targets.dtype}, expected 0/1 integers (uint8)")
+    values = targets[()]
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise _fail(path, f"dataset '{split}/targets' holds values {values.min()}..{values.max()}, expected 0 or 1")
+    if n and not values[np.arange(n), labels].all():
+        row = int(np.flatnonzero(values[np.arange(n), labels] == 0)[0])
+        raise _fail(path, f"dataset '{split}/targets' row {row} lacks its own label y={labels[row]}")
 
 
 class DatasetWriter:
@@ -189,10 +209,21 @@ class DatasetWriter:
         group.create_dataset("offset", (0,), maxshape=(None,), dtype="float64", chunks=(4096,))
         return group
 
-    def append(self, split: str, x, y, source, offset) -> None:
+    def append(self, split: str, x, y, source, offset, targets=None) -> None:
+        """Clips of ``split``; ``targets`` (n, classes) multi-hot, given for every append of a split or none."""
         group = self._group(split)
         n_old, n_new = group["x"].shape[0], len(x)
-        for name, values in (("x", x), ("y", y), ("source", source), ("offset", offset)):
+        columns = [("x", x), ("y", y), ("source", source), ("offset", offset)]
+        if (targets is not None) != ("targets" in group) and n_old:
+            raise ValueError(f"split {split!r}: targets given for some appends and not others")
+        if targets is not None:
+            if "targets" not in group:
+                classes = len(self.class_names)
+                group.create_dataset(
+                    "targets", (0, classes), maxshape=(None, classes), dtype="uint8", chunks=(4096, classes)
+                )
+            columns.append(("targets", targets))
+        for name, values in columns:
             dataset = group[name]
             dataset.resize(n_old + n_new, axis=0)
             dataset[n_old:] = np.asarray(values, dtype=dataset.dtype if name != "source" else object)
@@ -252,13 +283,21 @@ def shuffle_rows(
                 group = src[split]
                 order = np.random.default_rng([seed, split_index]).permutation(np.asarray(keep[split]))
                 y, offset, source_rows = group["y"][()], group["offset"][()], group["source"].asstr()[()]
+                targets = group["targets"][()] if "targets" in group else None
                 for start in range(0, len(order), block):
                     rows = order[start : start + block]
                     sorted_rows = np.sort(rows)
                     x = np.empty((len(rows), *group["x"].shape[1:]), dtype=group["x"].dtype)
                     read_sorted_rows(group["x"], sorted_rows, x)
                     x = x[np.searchsorted(sorted_rows, rows)]
-                    writer.append(split, x, y[rows], source_rows[rows].tolist(), offset[rows])
+                    writer.append(
+                        split,
+                        x,
+                        y[rows],
+                        source_rows[rows].tolist(),
+                        offset[rows],
+                        None if targets is None else targets[rows],
+                    )
 
 
 def write_synthetic(

@@ -12,9 +12,9 @@ from omegaconf import MISSING
 
 
 class Aggregation(StrEnum):
-    mean = "mean"  # the mean of the window softmaxes
+    mean = "mean"  # the mean of the window scores (softmax or sigmoid)
     vote = "vote"  # the share of windows whose top class it is
-    han = "han"  # the sum of the softmaxes divided by its maximum (Han et al., 2016)
+    han = "han"  # the sum of the window scores divided by its maximum (Han et al., 2016)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The trained net with its audio front end, for serving without amir-pl (amir-export).
 
 The exported model maps mono waveforms at the checkpoint's sample rate, one
-window per row (batch, clip_samples), to class probabilities (batch, classes):
-the mel front end of amir-prepare, the ConvNet and a softmax. Resampling and
+window per row (batch, clip_samples), to class scores (batch, classes): the mel
+front end of amir-prepare, the ConvNet and its output function (a softmax for a
+one-instrument model, a sigmoid per class for a predominant-instruments one:
+``metadata.json`` says which). Resampling and
 windowing stay outside; the parameters they need travel with the model as
 ``metadata.json`` (class names, feature parameters, the resampler's settings).
 """
@@ -18,30 +20,38 @@ from omegaconf import DictConfig
 from amir_pl.core.files import atomic_write
 from amir_pl.features.audio import RESAMPLING, MelFrontEnd
 from amir_pl.features.params import FeatureParams, silence_gate
-from amir_pl.training.module import load_checkpoint
+from amir_pl.training.module import class_scores, load_checkpoint
+
+OUTPUTS = {
+    "softmax": "float32 (batch, classes): softmax probabilities in class_names order (one instrument; they sum to 1)",
+    "sigmoid": "float32 (batch, classes): a sigmoid probability per class in class_names order (each instrument "
+    "present or not; compare each with a threshold)",
+}
 
 
 class WaveformClassifier(torch.nn.Module):
-    """Waveform windows (batch, clip_samples) -> class probabilities (batch, classes)."""
+    """Waveform windows (batch, clip_samples) -> class scores (batch, classes)."""
 
-    def __init__(self, front_end: MelFrontEnd, net: torch.nn.Module):
+    def __init__(self, front_end: MelFrontEnd, net: torch.nn.Module, objective: str = "softmax"):
         super().__init__()
         self.front_end = front_end
         self.net = net
+        self.objective = objective
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(self.front_end(waveforms)), dim=1)
+        return class_scores(self.net(self.front_end(waveforms)), self.objective)
 
 
 def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassifier, dict]:
     module = load_checkpoint(ckpt_path)
     features = FeatureParams.from_mapping(module.hparams["features"])
-    model = WaveformClassifier(MelFrontEnd(features), module.net).eval()
+    model = WaveformClassifier(MelFrontEnd(features), module.net, module.objective).eval()
     metadata = {
         "class_names": list(module.hparams["class_names"]),
         "features": features.as_dict(),
         "input": f"float32 (batch, {features.clip_samples}): mono windows at {features.sample_rate} Hz",
-        "output": "float32 (batch, classes): softmax probabilities in class_names order",
+        "output": OUTPUTS[module.objective],
+        "objective": module.objective,
         "resampling": {"library": "torchaudio.functional.resample", **RESAMPLING},
         "rms_threshold": silence_gate(rms_threshold, module.hparams["features"]),
         "checkpoint": str(Path(ckpt_path).resolve()),

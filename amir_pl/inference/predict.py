@@ -30,7 +30,7 @@ from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
 from amir_pl.inference.config import Aggregation
 from amir_pl.inference.plots import plot_timeline
-from amir_pl.training.module import load_checkpoint
+from amir_pl.training.module import class_scores, load_checkpoint
 from amir_pl.training.precision import autocast, scoring_precision
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,12 @@ AGGREGATIONS = tuple(rule.value for rule in Aggregation)
 
 
 def aggregate(probabilities: np.ndarray, rule: str) -> np.ndarray:
-    """One score per class from the (windows, classes) softmax outputs.
+    """One score per class from the (windows, classes) window scores (a softmax model's
+    probabilities, or a sigmoid model's per-class ones).
 
-    - ``mean``: the mean of the window softmaxes (a distribution);
+    - ``mean``: the mean of the window scores (for a softmax model, a distribution);
     - ``vote``: the share of windows whose top class it is;
-    - ``han``: the sum of the softmaxes divided by its maximum (Han et al., 2016), so the
+    - ``han``: the sum of the window scores divided by its maximum (Han et al., 2016), so the
       top class scores 1 and the others their strength relative to it.
     """
     if rule == "mean":
@@ -90,7 +91,7 @@ class FileResult:
     error: str = ""
     scores: dict = field(default_factory=dict)  # rule -> per-class scores
     offsets: list = field(default_factory=list)  # seconds into the file, of each window scored
-    window_probs: np.ndarray | None = None  # (windows, classes) softmax outputs
+    window_probs: np.ndarray | None = None  # (windows, classes) scores: softmax or sigmoid (Scorer.objective)
 
 
 def _probe_all(files: list[Path], settings: ClipSettings, results: list[FileResult]) -> list[tuple[int, AudioInfo]]:
@@ -119,6 +120,10 @@ class Scorer:
     device: torch.device
     batch_size: int
     precision: str  # the forward pass runs in Lightning's autocast for a "-mixed" precision
+    objective: str = "softmax"  # softmax: one instrument, scores sum to 1 | sigmoid: each class scored on its own
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return class_scores(logits, self.objective)
 
 
 def load_scorer(cfg: DictConfig) -> Scorer:
@@ -155,13 +160,14 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         device,
         _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes()),
         precision,
+        module.objective,
     )
 
 
 def score_windows(
     scorer: Scorer, files: list[Path], num_workers: int, windows_per_task: int, progress: bool = False
 ) -> list[FileResult]:
-    """Every file's window softmaxes (``FileResult.window_probs``; status ok, silent or error)."""
+    """Every file's window scores (``FileResult.window_probs``; status ok, silent or error)."""
     results = [FileResult(str(path)) for path in files]
     tasks = make_tasks(_probe_all(files, scorer.settings, results), scorer.settings, windows_per_task)
     probabilities: dict[int, list[np.ndarray]] = {i: [] for i in range(len(files))}
@@ -180,7 +186,7 @@ def score_windows(
                 batch = batch.to(scorer.device, memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast(scorer.device, scorer.precision):
                     probabilities[windows.task.file_index].append(
-                        torch.softmax(scorer.net(batch), dim=1).float().cpu().numpy()
+                        scorer.scores(scorer.net(batch).float()).cpu().numpy()
                     )
     bar.close()
     for index, result in enumerate(results):
@@ -201,7 +207,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     files, problems = find_inputs(cfg.inputs)
     results = score_windows(scorer, files, cfg.num_workers, cfg.windows_per_task, cfg.progress)
     run_dir = Path(cfg.paths.output_dir)
-    rows = [_row(r, scorer.class_names, cfg) for r in results] + problems
+    rows = [_row(r, scorer.class_names, cfg, scorer.objective) for r in results] + problems
     _write_outputs(run_dir, rows)
     if cfg.timeline:
         pictures = write_timelines(
@@ -210,6 +216,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         if pictures:
             print(f"timelines: {len(pictures)} PNG files in {run_dir / 'timelines'}")
     _print_table(rows)
+    if scorer.objective == "sigmoid":
+        print("scores: a sigmoid per class (each instrument present or not on its own; they do not sum to 1)")
     print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")
     if not any(row["status"] in ("ok", "silent") for row in rows):
         details = "; ".join(f"{row['file']}: {row['error']}" for row in rows[:5]) or "no input files"
@@ -281,7 +289,7 @@ def last_level_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0
     return max(sizes, default=None)
 
 
-def _row(result: FileResult, class_names, cfg) -> dict:
+def _row(result: FileResult, class_names, cfg, objective: str) -> dict:
     row = {
         "file": result.file,
         "duration_s": result.duration_s,
@@ -298,6 +306,7 @@ def _row(result: FileResult, class_names, cfg) -> dict:
         row["top1_score"] = round(float(scores[order[0]]), 4)
         row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
         row["aggregation"] = str(cfg.aggregation)
+        row["model_output"] = objective  # softmax: one instrument, scores sum to 1 | sigmoid: each class on its own
         row["scores"] = {
             rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
         }

@@ -2,8 +2,9 @@
 
 Each recording lists one or more predominant instruments (IRMAS-TestingData: ``<name>.txt`` beside
 ``<name>.wav``, one label per line; or a manifest CSV ``path,labels`` with labels separated by
-``;``). Windows are scored and aggregated per file by amir-predict's code (``han``: softmaxes
-summed, divided by their maximum; Han et al. 2016), a class is predicted where its file score
+``;``). Windows are scored and aggregated per file by amir-predict's code (``han``: window scores
+summed, divided by their maximum; Han et al. 2016; the scores are a softmax model's probabilities or
+a sigmoid model's per-class ones, and the report says which), a class is predicted where its file score
 exceeds the threshold, and torchmetrics' multilabel metrics compare predictions with labels:
 micro and macro precision, recall and F1, per class, and the threshold-free label ranking average
 precision (LRAP) and mean average precision. A threshold is chosen (best micro F1) only on a
@@ -319,6 +320,7 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
         summary.update(
             threshold_chosen_on=chosen_on,
             aggregation=rule,
+            model_output=scorer.objective,
             hop_seconds=float(cfg.hop_seconds),
             windows=scored.windows,
             unknown_labels={"policy": str(cfg.unknown_labels), "outside_classes": dict(scored.outside)},
@@ -425,7 +427,8 @@ def log_to_tensorboard(
 def format_summary(split: str, summary: Mapping) -> str:
     micro, macro = summary["micro"], summary["macro"]
     lines = [
-        f"{split}: {summary['n']} files, {summary['labels']} labels, {summary['aggregation']} aggregation, "
+        f"{split}: {summary['n']} files, {summary['labels']} labels, {summary['aggregation']} aggregation of "
+        f"{summary.get('model_output', 'softmax')} scores, "
         f"threshold {summary['threshold']:.2f} ({summary['threshold_chosen_on']})",
         f"  micro P {micro['precision']:.3f} R {micro['recall']:.3f} F1 {micro['f1']:.3f}   "
         f"macro P {macro['precision']:.3f} R {macro['recall']:.3f} F1 {macro['f1']:.3f}   "

@@ -1,6 +1,7 @@
 """Augmentation of training batches on the device that trains (GPU or CPU), for recognition that
 transfers to recordings from other sources: random EQ curves and gain, time shift, pitch shift by
-warping the mel axis, Freq-MixStyle, mixup and SpecAugment masks.
+warping the mel axis, Freq-MixStyle, mixup, SpecAugment masks, and mixing clips of the batch into
+polyphony (an instrument over others, for recognising the predominant ones in music).
 
 Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, and what
 ``experiment=paper`` keeps) builds nothing. The module applies it at the start of
@@ -9,7 +10,12 @@ device, which ``amir-train`` seeds (``seed``; each DDP rank its own): the same s
 batches, and a resumed run the batches the uninterrupted run would have had.
 
 Gain, EQ, shifts, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
-back); mixup mixes power spectra, as mixing the recordings would.
+back); mixup and the batch mixing add power spectra, as mixing the recordings would.
+
+Targets: class indices pass through while nothing mixes (so ``augment=transfer`` trains exactly as
+before); mixup gives class probabilities, and batch mixing a target per class in [0, 1] (1 for the
+clip's own classes and for every clip mixed in at a predominant level, ``mix_background_weight``
+for one mixed in below it).
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ class BatchAugment(nn.Module):
         freq_mask_width: int = 0,
         time_masks: int = 0,
         time_mask_width: int = 0,
+        mix_probability: float = 0.0,  # chance a clip gets 1..mix_max_clips other clips of the batch mixed in
+        mix_max_clips: int = 2,
+        mix_level_db: tuple[float, float] = (-18.0, 0.0),  # each one's level against the clip's (mean power)
+        mix_predominant_db: float = -6.0,  # one mixed in at or above this level is predominant too: target 1
+        mix_background_weight: float = 0.0,  # the target of one mixed in below it
     ):
         super().__init__()
         if scale not in ("power", "db"):
@@ -70,6 +81,24 @@ class BatchAugment(nn.Module):
         self.time_shift, self.pitch_semitones = float(time_shift), float(pitch_semitones)
         self.mixstyle_p, self.mixstyle_alpha = float(mixstyle_p), float(mixstyle_alpha)
         self.mixup_alpha = float(mixup_alpha)
+        low, high = (float(v) for v in mix_level_db)
+        if mix_probability and mixup_alpha:
+            raise AmirError("augment: mixup_alpha and mix_probability both mix clips; choose one (set the other to 0)")
+        if not 0.0 <= mix_probability <= 1.0 or (mix_probability and int(mix_max_clips) < 1):
+            raise AmirError(
+                f"augment.mix_probability={mix_probability}, mix_max_clips={mix_max_clips}: give a chance in "
+                "[0, 1] and at least 1 clip to mix in"
+            )
+        if low > high or high > 0:
+            raise AmirError(
+                f"augment.mix_level_db={[low, high]}: give [low, high] with low <= high <= 0 (dB against the "
+                "clip: the clip stays the loudest)"
+            )
+        if not 0.0 <= mix_background_weight <= 1.0:
+            raise AmirError(f"augment.mix_background_weight={mix_background_weight}: give a target in [0, 1]")
+        self.mix_probability, self.mix_max_clips = float(mix_probability), int(mix_max_clips)
+        self.mix_level_db, self.mix_predominant_db = (low, high), float(mix_predominant_db)
+        self.mix_background_weight = float(mix_background_weight)
         self.freq_masks = nn.ModuleList(
             torchaudio.transforms.FrequencyMasking(freq_mask_width, iid_masks=True) for _ in range(int(freq_masks))
         )
@@ -78,9 +107,15 @@ class BatchAugment(nn.Module):
         )
         self.register_buffer("centres", mel_centres(features), persistent=False)
 
+    @property
+    def mixes(self) -> bool:
+        """Whether the targets it returns are per-class values rather than class indices."""
+        return bool(self.mixup_alpha or self.mix_probability)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (batch, n_mels, frames) as stored, ``y`` class indices -> augmented ``x`` and targets
-        (class indices, or class probabilities when mixup is on)."""
+        """``x`` (batch, n_mels, frames) as stored, ``y`` class indices or (batch, classes) targets in
+        [0, 1] -> augmented ``x`` and targets: class indices when nothing mixes, else class
+        probabilities (mixup) or per-class targets (batch mixing)."""
         x = x.float()
         db = x if self.scale == "db" else 10 * torch.log10(x.clamp_min(AMIN))
         if self.gain_db or self.eq_db:
@@ -94,6 +129,8 @@ class BatchAugment(nn.Module):
         target = y
         if self.mixup_alpha:
             db, target = self._mixup(db, y)
+        if self.mix_probability:
+            db, target = self._mix_batch(db, y)
         if len(self.freq_masks) or len(self.time_masks):
             floor = db.amin(dim=(1, 2), keepdim=True)
             shifted = (db - floor).unsqueeze(1)  # masks set 0, the clip's own floor
@@ -154,6 +191,9 @@ class BatchAugment(nn.Module):
         chosen = torch.rand((batch, 1, 1), device=db.device) < self.mixstyle_p
         return torch.where(chosen, mixed, db)
 
+    def _as_targets(self, y: torch.Tensor) -> torch.Tensor:
+        return y.float() if y.ndim == 2 else F.one_hot(y, self.num_classes).float()
+
     def _mixup(self, db: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = db.shape[0]
         weight = self._beta(self.mixup_alpha, (batch,), db.device)
@@ -161,6 +201,30 @@ class BatchAugment(nn.Module):
         other = torch.randperm(batch, device=db.device)
         power = torch.pow(10.0, db / 10)
         mixed = weight.view(-1, 1, 1) * power + (1 - weight.view(-1, 1, 1)) * power[other]
-        onehot = F.one_hot(y, self.num_classes).float()
+        onehot = self._as_targets(y)
         target = weight[:, None] * onehot + (1 - weight[:, None]) * onehot[other]
+        return 10 * torch.log10(mixed.clamp_min(AMIN)), target
+
+    def _mix_batch(self, db: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip, with ``mix_probability``, gets 1..``mix_max_clips`` others of the batch added in
+        power, each at a level drawn in ``mix_level_db`` against the clip's mean power (so the clip
+        stays the loudest). Its target per class is the largest of its own and of each added clip's
+        times 1 (at or above ``mix_predominant_db``) or ``mix_background_weight`` (below)."""
+        batch, device = db.shape[0], db.device
+        power = torch.pow(10.0, db / 10)
+        level = power.mean(dim=(1, 2)).clamp_min(AMIN)  # (batch,)
+        target = self._as_targets(y)
+        own = target
+        mixed = power
+        chosen = torch.rand(batch, device=device) < self.mix_probability
+        count = torch.randint(1, self.mix_max_clips + 1, (batch,), device=device)
+        low, high = self.mix_level_db
+        for slot in range(self.mix_max_clips):
+            other = torch.randperm(batch, device=device)
+            active = chosen & (count > slot) & (other != torch.arange(batch, device=device))
+            level_db = low + torch.rand(batch, device=device) * (high - low)
+            gain = torch.where(active, torch.pow(10.0, level_db / 10) * level / level[other], 0.0)
+            mixed = mixed + gain.view(-1, 1, 1) * power[other]
+            weight = torch.where(level_db >= self.mix_predominant_db, 1.0, self.mix_background_weight)
+            target = torch.maximum(target, torch.where(active, weight, 0.0)[:, None] * own[other])
         return 10 * torch.log10(mixed.clamp_min(AMIN)), target

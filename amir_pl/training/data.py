@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 class H5ClipDataset(Dataset):
-    """One split of a dataset file; yields ``(x float16 (n_mels, frames), y int64)``.
+    """One split of a dataset file; yields ``(x float16 (n_mels, frames), y int64)``, and the clip's
+    multi-hot ``targets`` (uint8, (classes,)) third where the split has them.
 
     The file is opened on first read in each process (so nothing h5py is pickled
     into workers) and stays open until ``close()``; a read after that reopens it.
@@ -59,17 +60,19 @@ class H5ClipDataset(Dataset):
         self._pid: int | None = None
         self._x: h5py.Dataset | None = None
         self._y: np.ndarray | None = None
+        self._targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.length
 
     def _open(self) -> tuple[h5py.Dataset, np.ndarray]:
-        """The clips (read on demand) and the labels (8 bytes a clip: read once per process)."""
+        """The clips (read on demand), the labels and targets (a few bytes a clip: read once per process)."""
         if self._handle is None or self._pid != os.getpid():
             self._handle = h5py.File(self.path, "r")
             self._pid = os.getpid()
             group = self._handle[self.split]
             self._x, self._y = group["x"], group["y"][()].astype(np.int64)
+            self._targets = group["targets"][()] if "targets" in group else None
             H5ClipDataset._open_in_process.add(self)
         return self._x, self._y
 
@@ -78,7 +81,7 @@ class H5ClipDataset(Dataset):
         is only dropped: the parent owns it)."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
-        self._handle = self._pid = self._x = self._y = None
+        self._handle = self._pid = self._x = self._y = self._targets = None
         H5ClipDataset._open_in_process.discard(self)
 
     @classmethod
@@ -90,14 +93,13 @@ class H5ClipDataset(Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handle"] = state["_pid"] = state["_x"] = state["_y"] = None
+        state["_handle"] = state["_pid"] = state["_x"] = state["_y"] = state["_targets"] = None
         return state
 
     def __getitem__(self, index: int):
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices) -> tuple[torch.Tensor, ...]:
         x_data, labels = self._open()
         indices = np.asarray(indices, dtype=np.int64)
         order = np.argsort(indices, kind="stable")
@@ -106,6 +108,8 @@ class H5ClipDataset(Dataset):
         read_sorted_rows(x_data, sorted_indices, x.numpy())  # one contiguous read per run of consecutive clips
         if not np.array_equal(order, np.arange(len(indices))):
             x = x[torch.from_numpy(np.argsort(order))]
+        if self._targets is not None:
+            return x, torch.from_numpy(labels[indices]), torch.from_numpy(self._targets[indices])
         return x, torch.from_numpy(labels[indices])
 
 
@@ -149,26 +153,29 @@ class CachedSplit(Dataset):
     and the training loop needs no workers.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None = None):
+        self.x, self.y, self.targets = x, y, targets
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices) -> tuple[torch.Tensor, ...]:
         # non_blocking: building the index on the host and copying it must not wait for the
         # GPU to finish the previous step (a blocking copy synchronises the stream).
         index = torch.as_tensor(indices, dtype=torch.int64).to(self.x.device, non_blocking=True)
+        if self.targets is not None:
+            return self.x[index], self.y[index], self.targets[index]
         return self.x[index], self.y[index]
 
     def __getitem__(self, index: int):
-        return self.x[index], self.y[index]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
     @classmethod
     def load(cls, path: str | os.PathLike, split: str, device: torch.device, block: int = 4096) -> CachedSplit:
         """Read ``split`` block by block straight into a tensor on ``device`` (no second host copy)."""
         with h5py.File(path, "r") as handle:
             x_data, y = handle[split]["x"], handle[split]["y"][()].astype(np.int64)
+            targets = handle[split]["targets"][()] if "targets" in handle[split] else None
             x = torch.empty(x_data.shape, dtype=_torch_dtype(x_data.dtype), device=device)
             staging = torch.empty((min(block, len(y)), *x_data.shape[1:]), dtype=x.dtype)
             if device.type == "cuda":
@@ -177,7 +184,8 @@ class CachedSplit(Dataset):
                 stop = min(start + block, len(y))
                 x_data.read_direct(staging.numpy(), np.s_[start:stop], np.s_[: stop - start])
                 x[start:stop].copy_(staging[: stop - start])
-        return cls(x, torch.from_numpy(y).to(device))
+        targets = None if targets is None else torch.from_numpy(targets).to(device)
+        return cls(x, torch.from_numpy(y).to(device), targets)
 
 
 def cache_fits(nbytes: int, device: torch.device, fraction: float) -> tuple[bool, int]:

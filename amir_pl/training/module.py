@@ -23,6 +23,8 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
+    MultilabelF1Score,
+    MultilabelRankingAveragePrecision,
 )
 
 from amir_pl.core.errors import AmirError
@@ -32,7 +34,7 @@ from amir_pl.training import report
 # already synced them across ranks. Lightning's advice to add it (one more all-reduce) does not apply.
 warnings.filterwarnings(
     "ignore",
-    message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro)'",
+    message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro|multilabel_f1_micro|multilabel_f1_macro|lrap)'",
     category=PossibleUserWarning,
 )
 
@@ -52,6 +54,30 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "confusion_matrix": MulticlassConfusionMatrix(num_classes),
         }
     )
+
+
+def multilabel_metrics(num_classes: int, threshold: float = 0.5) -> MetricCollection:
+    """Which instruments are predominant: micro and macro F1 at ``threshold`` and LRAP, on the
+    model's scores (sigmoids, or a softmax model's probabilities) against the clips' multi-hot targets."""
+    return MetricCollection(
+        {
+            "multilabel_f1_micro": MultilabelF1Score(num_classes, threshold=threshold, average="micro"),
+            "multilabel_f1_macro": MultilabelF1Score(num_classes, threshold=threshold, average="macro"),
+            "lrap": MultilabelRankingAveragePrecision(num_classes),
+        }
+    )
+
+
+OBJECTIVES = ("softmax", "sigmoid")
+
+
+def class_scores(logits: torch.Tensor, objective: str) -> torch.Tensor:
+    """What a model answers: softmax probabilities (``softmax``: one instrument, summing to 1) or a
+    sigmoid per class (``sigmoid``: each instrument present or not, on its own)."""
+    return torch.sigmoid(logits) if objective == "sigmoid" else torch.softmax(logits, dim=1)
+
+
+MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
 
 
 def _plain(config):
@@ -133,8 +159,21 @@ class AmirModule(L.LightningModule):
         compile: bool | str = False,
         augment: Mapping | None = None,
         label_smoothing: float = 0.0,
+        objective: str = "softmax",
+        accompaniment_target: float = 0.0,
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise AmirError(
+                f"module.objective={objective!r}: softmax (one instrument: cross-entropy) or sigmoid "
+                "(the predominant instruments: binary cross-entropy per class)"
+            )
+        if objective == "sigmoid" and label_smoothing:
+            raise AmirError(
+                "module.label_smoothing smooths a softmax target; with module.objective=sigmoid set it to 0"
+            )
+        if not 0.0 <= accompaniment_target <= 1.0:
+            raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
         if loss_reduction not in ("mean", "sum"):
             raise AmirError(f"module.loss_reduction={loss_reduction!r} must be 'mean' or 'sum'")
         if not 0.0 <= label_smoothing < 1.0:
@@ -156,6 +195,8 @@ class AmirModule(L.LightningModule):
                 "loss_reduction": loss_reduction,
                 "augment": augment,
                 "label_smoothing": label_smoothing,
+                "objective": objective,
+                "accompaniment_target": accompaniment_target,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -178,8 +219,10 @@ class AmirModule(L.LightningModule):
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_loss = MeanMetric()
         self.val_metrics = classification_metrics(num_classes)
+        self.val_multilabel = multilabel_metrics(num_classes)
         self.test_loss = MeanMetric()
         self.test_metrics = classification_metrics(num_classes)
+        self.test_multilabel = multilabel_metrics(num_classes)
         self.results: dict[str, dict] = {}  # stage -> computed metrics of the last epoch, on CPU
         self.eval_split = "test"  # which split the test loop is scoring (named in logs and results)
         self.trained_precision: str | None = None  # the trainer precision of a loaded checkpoint
@@ -209,24 +252,56 @@ class AmirModule(L.LightningModule):
         if self.augment is not None and self.global_rank > 0:
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
+    @property
+    def objective(self) -> str:
+        return self.hparams.get("objective", "softmax")  # checkpoints from before the choice: softmax
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return class_scores(logits, self.objective)
+
+    def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x``, the class indices ``y`` and what the loss fits: ``y`` itself for a softmax model on a
+        file without multi-hot ``targets`` (as before they existed), else a target per class: 1 for
+        the clip's instrument, ``accompaniment_target`` for every other one sounding in it."""
+        x, y, *extra = batch
+        if not extra and self.objective == "softmax":
+            return x, y, y
+        target = F.one_hot(y, len(self.class_names)).float()
+        if extra:
+            target = torch.maximum(target, extra[0].float() * self.hparams.accompaniment_target)
+        return x, y, target
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy (softmax; per-class targets are normalised into class probabilities) or binary
+        cross-entropy per class summed over the classes (sigmoid), averaged (or summed) over the clips."""
+        reduction = self.hparams.loss_reduction
+        logits = logits.float()
+        if self.objective == "sigmoid":
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+            return loss.mean() if reduction == "mean" else loss.sum()
+        if target.ndim == 2:
+            target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return F.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
+
     def _step(self, batch, label_smoothing: float = 0.0):
-        x, y = batch  # y: class indices, or class probabilities (mixup)
+        x, y, target = self._targets(batch)
         logits = self(x)
-        loss = F.cross_entropy(logits, y, reduction=self.hparams.loss_reduction, label_smoothing=label_smoothing)
-        return logits, y, loss
+        return logits, y, target, self._loss(logits, target, label_smoothing)
 
     def training_step(self, batch, batch_idx):
+        x, y, target = self._targets(batch)
         if self.augment is not None:
             # On the device that trains. Here rather than in on_after_batch_transfer: a resumed run
             # restores its RNG states in on_train_batch_start (fault_tolerance.RNGState), which comes
             # after that hook, so only here does it draw what the uninterrupted run drew.
-            batch = self.augment(*batch)
+            x, target = self.augment(x, target)
         # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
-        logits, y, loss = self._step(batch, self.hparams.label_smoothing)
+        logits = self(x)
+        loss = self._loss(logits, target, self.hparams.label_smoothing)
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
-        self.train_accuracy.update(logits.detach(), y.argmax(dim=1) if y.ndim == 2 else y)
+        self.train_accuracy.update(logits.detach(), y)  # the clip's own class: the loudest in a mix
         # Not on the progress bar: Lightning turns progress-bar values into Python numbers after every
         # step, bar shown or not, and on a GPU each such read waits for the step to finish.
         self.log("train/loss_step", loss.detach(), batch_size=len(y))
@@ -239,34 +314,40 @@ class AmirModule(L.LightningModule):
         self.train_loss.reset()
         self.train_accuracy.reset()
 
-    def _eval_step(self, batch, loss_metric, metrics):
+    def _eval_step(self, batch, loss_metric, metrics, multilabel):
         if not len(batch[1]):  # an empty shard (more ranks than clips): nothing to score on this rank
             return
-        logits, y, loss = self._step(batch)
+        logits, y, target, loss = self._step(batch)
         mean_loss = loss / len(y) if self.hparams.loss_reduction == "sum" else loss
         loss_metric.update(mean_loss, len(y))
         metrics.update(logits, y)
+        # the instruments a clip is labelled with: its own, and any sounding at a target of 0.5 or more
+        labels = target >= 0.5 if target.ndim == 2 else F.one_hot(target, len(self.class_names))
+        multilabel.update(self.scores(logits.float()), labels.int())
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_loss, self.val_metrics)
+        self._eval_step(batch, self.val_loss, self.val_metrics, self.val_multilabel)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_loss, self.test_metrics)
+        self._eval_step(batch, self.test_loss, self.test_metrics, self.test_multilabel)
 
-    def _end_eval_epoch(self, prefix: str, stage: str, loss_metric, metrics):
+    def _end_eval_epoch(self, prefix: str, stage: str, loss_metric, metrics, multilabel):
         # compute() syncs the metric states across ranks: every clip counted once, the same values on
         # every rank. So they are logged as they are, on the device and without sync_dist: a CPU copy
         # with sync_dist would go through one more all-reduce, which NCCL refuses for CPU tensors.
         values = report.with_macro_averages(metrics.compute())
+        values.update(multilabel.compute())
         values["loss"] = loss_metric.compute()
         loss_metric.reset()
         metrics.reset()
+        multilabel.reset()
         if self.trainer.sanity_checking:
             return
         scalars = {
             f"{prefix}/loss": values["loss"],
             f"{prefix}/top1_error": 1 - values["accuracy"],
             f"{prefix}/f1_macro": values["f1_macro"],
+            **{f"{prefix}/{name}": values[name] for name in MULTILABEL_LOGGED},
         }
         self.log_dict(scalars, prog_bar=True)
         values = {name: value.cpu() for name, value in values.items()}  # for reports only
@@ -275,11 +356,11 @@ class AmirModule(L.LightningModule):
             report.log_to_tensorboard(self.loggers, prefix, values, self.class_names, self.global_step)
 
     def on_validation_epoch_end(self):
-        self._end_eval_epoch("val", "val", self.val_loss, self.val_metrics)
+        self._end_eval_epoch("val", "val", self.val_loss, self.val_metrics, self.val_multilabel)
 
     def on_test_epoch_end(self):
         prefix = "test" if self.eval_split == "test" else f"eval_{self.eval_split}"
-        self._end_eval_epoch(prefix, self.eval_split, self.test_loss, self.test_metrics)
+        self._end_eval_epoch(prefix, self.eval_split, self.test_loss, self.test_metrics, self.test_multilabel)
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

@@ -53,6 +53,22 @@ def split_summary(values: Mapping[str, torch.Tensor], class_names: Sequence[str]
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": matrix.tolist(),
+        **_multilabel(values),
+    }
+
+
+def _multilabel(values: Mapping[str, torch.Tensor]) -> dict:
+    """Which instruments are predominant (when computed): micro/macro F1 at 0.5 and LRAP against the
+    clips' multi-hot targets, on the model's scores (sigmoids, or a softmax model's probabilities)."""
+    if "lrap" not in values:
+        return {}
+    return {
+        "multilabel": {
+            "threshold": 0.5,
+            "f1_micro": float(values["multilabel_f1_micro"]),
+            "f1_macro": float(values["multilabel_f1_macro"]),
+            "lrap": float(values["lrap"]),
+        }
     }
 
 
@@ -182,6 +198,12 @@ def format_summary(split: str, summary: Mapping) -> str:
         f"{split}: n={summary['n']}  top-1 error {summary['top1_error']:.2%}  "
         f"macro P {summary['precision_macro']:.3f}  R {summary['recall_macro']:.3f}  F {summary['f1_macro']:.3f}"
     ]
+    if "multilabel" in summary:
+        ml = summary["multilabel"]
+        lines.append(
+            f"  multi-label: micro F1 {ml['f1_micro']:.3f}  macro F1 {ml['f1_macro']:.3f} (at {ml['threshold']})  "
+            f"LRAP {ml['lrap']:.3f}"
+        )
     lines.append(f"  {'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
     for row in _per_class_rows(summary):
         lines.append(f"  {row[0]:<18}{row[1]:>10}{row[2]:>10}{row[3]:>10}{row[4]:>9}")

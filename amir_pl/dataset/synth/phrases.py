@@ -49,6 +49,7 @@ class Phrase:
     style: str
     tempo: float
     events: list[tuple[float, str, int, int]] = field(default_factory=list)
+    tonality: tuple[int, int] | None = None  # (root pitch class 0-11, index into SCALES); None: drums
 
     def note(self, start: float, length: float, key: int, velocity: int) -> None:
         self.events.append((start, "on", key, velocity))
@@ -60,10 +61,18 @@ class Phrase:
         return sorted((on[0], off[0], on[2], on[3]) for on, off in pairs)
 
 
-def compose_phrase(instrument: Instrument, seconds: float, rng: np.random.Generator) -> Phrase:
-    """A seeded random solo phrase: tempo, dynamics, articulation and register vary."""
+def compose_phrase(
+    instrument: Instrument,
+    seconds: float,
+    rng: np.random.Generator,
+    tempo: float | None = None,
+    tonality: tuple[int, int] | None = None,
+) -> Phrase:
+    """A seeded random solo phrase: tempo, dynamics, articulation and register vary. ``tempo`` and
+    ``tonality`` (another phrase's), where given, are kept, so that parts played together share them."""
     style = str(rng.choice(instrument.styles))
-    tempo = float(rng.uniform(70, 160))
+    drawn_tempo = float(rng.uniform(70, 160))
+    tempo = drawn_tempo if tempo is None else float(tempo)
     beat = 60.0 / tempo
     phrase = Phrase(style, tempo)
     start = float(rng.uniform(0.0, 0.25))
@@ -74,8 +83,13 @@ def compose_phrase(instrument: Instrument, seconds: float, rng: np.random.Genera
         return phrase
     span = instrument.high - instrument.low
     centre = int(rng.integers(instrument.low + span // 4, instrument.high - span // 4 + 1))
-    scale = SCALES[int(rng.integers(len(SCALES)))]
+    scale_index = int(rng.integers(len(SCALES)))
     root = centre - int(rng.integers(0, 12))
+    if tonality is not None:  # the given key: its root pitch class, at or below the centre
+        scale_index = tonality[1]
+        root = centre - (centre - tonality[0]) % 12
+    scale = SCALES[scale_index]
+    phrase.tonality = (root % 12, scale_index)
 
     def fit(key: int) -> int:
         while key > instrument.high:

@@ -11,6 +11,13 @@ source, bank, program, instrument, style, ...). Each split names its families; a
 of a class are shared in turn by its families that have the class, and within a family by its
 sources. A sample library that is not installed is skipped with one line.
 
+With ``accompaniment.probability``, that share of the clips of ``accompaniment.splits`` is played
+over 1-3 accompanying instruments of the same split's families (drums and bass among them as often
+as ``rhythm_probability``), each a drawn number of dB below the clip's instrument, in its tempo and
+key: IRMAS-TrainingData's kind of excerpt, labelled by its predominant instrument, with every
+instrument listed in the manifest's ``instruments`` column (amir-prepare's multi-hot ``targets``).
+The clip's own instrument plays exactly what its solo clip would.
+
 With ``mixtures.count``, also multi-instrument excerpts of the families of ``mixtures.splits``:
 ``<output>/mixtures/<split>/<split>-mix-<index>.flac`` with a ``.txt`` of the predominant
 instruments beside it (IRMAS's test-set form) and ``<output>/mixtures.csv``. Every part is a solo
@@ -58,6 +65,8 @@ class ClipJob:
     family: str
     source: str
     seed: tuple[int, ...]
+    # accompanying instruments: (class, source, RMS level in dB against the clip's instrument)
+    accompaniment: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass
@@ -136,11 +145,17 @@ class Part:
 
 
 def render_part(
-    source: UsableSource, label: str, seconds: float, rng: np.random.Generator, longest: float | None = None
+    source: UsableSource,
+    label: str,
+    seconds: float,
+    rng: np.random.Generator,
+    longest: float | None = None,
+    with_phrase: Phrase | None = None,
 ) -> Part:
     """``seconds`` of a phrase of ``label`` played by ``source``, everything drawn from ``rng``,
     peak-normalised to a random peak in ``peak_range``; a phrase that renders (almost) silent is
-    redrawn, up to 5 times."""
+    redrawn, up to 5 times. ``with_phrase``: another part's phrase, whose tempo and key it keeps."""
+    shared = {} if with_phrase is None else {"tempo": with_phrase.tempo, "tonality": with_phrase.tonality}
     s = _settings
     instrument = INSTRUMENTS[label]
     frames = round(seconds * s["sample_rate"])
@@ -165,7 +180,7 @@ def render_part(
             channel = DRUM_CHANNEL if instrument.bank == 128 else 0
             reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
             chorus = float(rng.uniform(0.0, 0.5)) if rng.random() < s["effects_probability"] else 0.0
-            phrase = compose_phrase(instrument, seconds, rng)
+            phrase = compose_phrase(instrument, seconds, rng, **shared)
             _renderer.select(source.location, instrument.bank, program, channel)
             _renderer.effects(reverb, chorus)
             audio = _play(phrase, channel, frames)
@@ -174,7 +189,7 @@ def render_part(
         else:
             player = players[int(rng.integers(len(players)))]
             program, reverb, chorus = None, 0.0, 0.0
-            phrase = compose_phrase(instrument, seconds, rng)
+            phrase = compose_phrase(instrument, seconds, rng, **shared)
             audio = sampler.play(player, phrase, frames, rng)
             played = player.name
         peak = float(np.abs(audio).max())
@@ -193,6 +208,12 @@ def render_clip(job: ClipJob) -> ClipResult:
     rng = np.random.default_rng(job.seed)
     part = render_part(source, job.label, s["clip_seconds"], rng)
     audio = part.audio
+    name = f"{job.split}/{job.label}/{job.family}/{job.label}-{job.split}-{job.index:05d}.flac"
+    if job.accompaniment:
+        audio, stems = with_accompaniment(part, job.accompaniment, rng)
+        if s["accompaniment_stems"]:  # each part as it is in the clip (before room, microphone and noise)
+            for label, stem in zip([job.label, *(name for name, _, _ in job.accompaniment)], stems, strict=True):
+                _write_flac(Path(s["output"]) / "clip_stems" / Path(name).with_suffix("") / f"{label}.flac", stem)
     room = mic = None
     coloured = job.split in s["room_splits"]  # e.g. rooms in training only: val and test stay as recorded
     if coloured and s["room_probability"] and rng.random() < s["room_probability"]:  # no draw when off
@@ -202,7 +223,6 @@ def render_clip(job: ClipJob) -> ClipResult:
         mic = float(rng.uniform(3.0, s["mic_db"]))
         audio = through_a_microphone(audio, s["sample_rate"], mic, rng)
     audio, snr = _with_noise(audio, rng)
-    name = f"{job.split}/{job.label}/{job.family}/{job.label}-{job.split}-{job.index:05d}.flac"
     _write_flac(Path(s["output"]) / name, audio)
     return ClipResult(
         job,
@@ -219,6 +239,22 @@ def render_clip(job: ClipJob) -> ClipResult:
         None if mic is None else round(mic, 1),
         part.attempts,
     )
+
+
+def with_accompaniment(part: Part, accompaniment, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``part`` over its accompanying instruments, each a phrase in its tempo and key at its RMS level
+    (dB against ``part``), the sum brought back to ``part``'s peak; and each part as it is in the sum."""
+    s = _settings
+    lead = part.audio.astype(np.float64)
+    lead_rms = np.sqrt(np.mean(lead**2))
+    stems = [lead]
+    for label, name, level_db in accompaniment:
+        other = render_part(s["sources"][name], label, s["clip_seconds"], rng, with_phrase=part.phrase)
+        audio = other.audio.astype(np.float64)
+        stems.append(audio / np.sqrt(np.mean(audio**2)) * lead_rms * 10 ** (level_db / 20))
+    gain = np.abs(lead).max() / np.abs(np.sum(stems, axis=0)).max()
+    stems = [(stem * gain).astype(np.float32) for stem in stems]
+    return np.sum(stems, axis=0, dtype=np.float32), stems
 
 
 def render_mixture(job: MixtureJob) -> MixtureResult:
@@ -423,7 +459,8 @@ def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob
                     CLASS_NAMES.index(label) if label in CLASS_NAMES else class_index,
                     index,
                 )
-                jobs.append(ClipJob(split, label, index, source.family, source.name, seed))
+                backing = draw_accompaniment(cfg, sources, spec.families, label, split, (*seed, ACCOMPANIMENT_SEED))
+                jobs.append(ClipJob(split, label, index, source.family, source.name, seed, backing))
         if unplayed:
             log.warning(
                 "split %s: no installed source of the families %s plays %s", split, list(spec.families), unplayed
@@ -438,6 +475,36 @@ def _players(sources: dict[str, UsableSource], families, label: str) -> list[lis
         for family in families
     ]
     return [names for names in players if names]
+
+
+ACCOMPANIMENT_SEED = 0x61636D  # b"acm": a clip's accompaniment is drawn from (clip seed, this)
+RHYTHM_SECTION = ("drums", "electric_bass")
+
+
+def draw_accompaniment(
+    cfg: DictConfig, sources: dict[str, UsableSource], families, label: str, split: str, seed: tuple[int, ...]
+) -> tuple[tuple[str, str, float], ...]:
+    """The accompanying instruments of one clip, from its own seed: none (with 1 - ``probability``,
+    or outside ``accompaniment.splits``), else 1-3 other classes that the split's families play, drums
+    and bass each first with ``rhythm_probability``, each a source of the split's families and a level."""
+    a = cfg.accompaniment
+    if not a.probability or split not in a.splits:
+        return ()
+    rng = np.random.default_rng(seed)
+    if rng.random() >= a.probability:
+        return ()
+    players = {name: _players(sources, families, name) for name in cfg.classes if name != label}
+    playable = [name for name, found in players.items() if found]
+    count = min(int(rng.integers(a.instruments[0], a.instruments[1] + 1)), len(playable))
+    rhythm = [name for name in RHYTHM_SECTION if name in playable and rng.random() < a.rhythm_probability]
+    others = [name for name in playable if name not in rhythm]
+    chosen = rhythm[:count] + [others[i] for i in rng.permutation(len(others))[: max(0, count - len(rhythm))]]
+    backing = []
+    for name in chosen:
+        names = players[name][int(rng.integers(len(players[name])))]
+        level = round(float(rng.uniform(*a.level_db)), 1)
+        backing.append((name, names[int(rng.integers(len(names)))], level))
+    return tuple(backing)
 
 
 MIXTURE_SEED = 0x6D6978  # b"mix": a mixture's seed (seed, MIXTURE_SEED, split, index) is never a clip's
@@ -509,10 +576,32 @@ def _check_mixtures(cfg: DictConfig) -> None:
         )
 
 
+def _check_accompaniment(cfg: DictConfig) -> None:
+    """The ``accompaniment`` options make sense together; else one line naming the option."""
+    a = cfg.accompaniment
+    if not 0 <= a.probability <= 1:
+        raise AmirError(
+            f"accompaniment.probability={a.probability}: give a share of the clips in [0, 1] (0: solo only)"
+        )
+    if len(a.instruments) != 2 or not 1 <= a.instruments[0] <= a.instruments[1]:
+        raise AmirError(
+            f"accompaniment.instruments={list(a.instruments)}: give a range [low, high] with 1 <= low <= high"
+        )
+    if len(a.level_db) != 2 or a.level_db[0] > a.level_db[1] or a.level_db[1] >= 0:
+        raise AmirError(
+            f"accompaniment.level_db={list(a.level_db)}: give [low, high] below 0 dB: the accompaniment is "
+            "quieter than the clip's (predominant) instrument"
+        )
+    if unknown := [split for split in a.splits if split not in cfg.splits]:
+        raise AmirError(
+            f"accompaniment.splits={list(a.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
+        )
+
+
 def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
-        rendered = any((output / name).is_dir() for name in ("train", "val", "test", "mixtures"))
+        rendered = any((output / name).is_dir() for name in ("train", "val", "test", "mixtures", "clip_stems"))
         if rendered and not any((output / name).is_file() for name in ("manifest.csv", "mixtures.csv")):
             raise AmirError(
                 f"output={output} holds a render that did not finish (no manifest.csv: an earlier run stopped "
@@ -525,6 +614,8 @@ def synth(cfg: DictConfig) -> Path:
         raise AmirError(f"room_splits={list(cfg.room_splits)}: {unknown} not a split; name some of train, val, test")
     if cfg.mixtures.count:
         _check_mixtures(cfg)
+    if cfg.accompaniment.probability:
+        _check_accompaniment(cfg)
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
@@ -547,10 +638,11 @@ def synth(cfg: DictConfig) -> Path:
         "mic_db": float(cfg.mic_db),
         "room_splits": set(cfg.room_splits),
         "mixture_stems": bool(cfg.mixtures.stems),
+        "accompaniment_stems": bool(cfg.accompaniment.stems),
         "mixture_seconds_max": float(cfg.mixtures.seconds[1]),
     }
     output.mkdir(parents=True, exist_ok=True)
-    # 16-bit samples: FLAC takes about half, so this errs on the safe side
+    # 16-bit samples: FLAC takes about half, so this errs on the safe side (stems are summed: no more space)
     seconds = len(jobs) * float(cfg.clip_seconds) + len(mixture_jobs) * float(cfg.mixtures.seconds[1])
     warn_if_short_of_space(output, int(seconds * int(cfg.sample_rate) * 2), "the rendered files", "output=")
     results, mixtures = [], []
@@ -587,15 +679,20 @@ def _write_manifest(tmp: Path, results: list[ClipResult], sources: dict[str, Usa
         writer.writerow(
             ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
             + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "room_rt60", "mic_db", "renderer"]
+            + ["instruments", "accompaniment_sources", "accompaniment_db"]
         )
         for r in results:
             kind = sources[r.job.source].kind
+            backing = r.job.accompaniment
             writer.writerow(
                 [r.path, r.job.label, r.job.split, r.job.family, r.job.source]
                 + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
                 + [r.style, r.tempo, r.reverb, r.chorus]
                 + ["" if value is None else value for value in (r.noise_snr_db, r.room_rt60, r.mic_db)]
                 + [renderer if kind == "soundfont" else MultisampleRenderer.name]
+                # every instrument sounding, the clip's own first (amir-prepare's multi-hot targets)
+                + [";".join([r.job.label, *(name for name, _, _ in backing)])]
+                + [";".join(source for _, source, _ in backing), ";".join(str(level) for _, _, level in backing)]
             )
 
 

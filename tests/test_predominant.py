@@ -1,0 +1,301 @@
+"""Training for the predominant instruments in music with accompaniment: clips rendered over
+accompaniment (amir-synth), the multi-hot ``targets`` of the dataset file, mixing clips of the batch,
+the sigmoid objective end to end, and choosing the checkpoint on multi-label validation metrics."""
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import FAST, TINY_CLASSES, TINY_FEATURES
+from test_prepare import write_tone
+from test_synth_mixtures import CLASSES, _db, _render, make_library
+
+from amir_pl.core.errors import AmirError
+from amir_pl.dataset.prepare import prepare
+from amir_pl.dataset.schema import DatasetFileError, DatasetWriter, read_info, write_synthetic
+from amir_pl.features.audio import MelFrontEnd
+from amir_pl.features.params import FeatureParams
+from amir_pl.inference.export import export, load_exported
+from amir_pl.inference.predict import predict
+from amir_pl.inference.recordings import evaluate_recordings
+from amir_pl.training.augment import BatchAugment
+from amir_pl.training.data import H5ClipDataset
+from amir_pl.training.module import AmirModule, load_checkpoint
+from amir_pl.training.train import train
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return make_library(tmp_path_factory.mktemp("library"))
+
+
+ACCOMPANIED = ["accompaniment.probability=1.0", "accompaniment.instruments=[1,3]", "noise_probability=0"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+# --- the renderer ---------------------------------------------------------------------------------
+
+
+def test_accompanied_clips_list_their_instruments_at_the_drawn_levels_from_their_own_splits_families(
+    compose_cfg, library, tmp_path
+):
+    solo = _render(compose_cfg, tmp_path / "solo", library, "noise_probability=0")
+    output = _render(compose_cfg, tmp_path / "acc", library, *ACCOMPANIED, "accompaniment.stems=true")
+    rows = _rows(output / "manifest.csv")
+    families = {"made": "train", "held": "val"}  # _render: train plays `made`, val and test `held`
+    counts = set()
+    for row in rows:
+        instruments = row["instruments"].split(";")
+        assert instruments[0] == row["label"] and len(set(instruments)) == len(instruments)
+        if row["split"] == "test":  # accompaniment.splits=[train, val]: the test clips stay solo
+            assert instruments == [row["label"]] and not row["accompaniment_db"]
+            continue
+        backing, levels = instruments[1:], [float(v) for v in row["accompaniment_db"].split(";")]
+        sources = row["accompaniment_sources"].split(";")
+        assert 1 <= len(backing) <= 3 and len(levels) == len(sources) == len(backing)
+        assert all(families[source] == row["split"] for source in sources)  # no family crosses splits
+        assert all(-15.0 <= level <= -5.0 for level in levels)
+        stems = {
+            name: sf.read(output / "clip_stems" / Path(row["path"]).with_suffix("") / f"{name}.flac")[0]
+            for name in instruments
+        }
+        audio = sf.read(output / row["path"])[0]
+        assert np.abs(sum(stems.values()) - audio).max() < 5e-4  # the parts sum to the clip (16-bit rounding)
+        lead = _db(stems[row["label"]])
+        for name, level in zip(backing, levels, strict=True):
+            assert abs(_db(stems[name]) - lead - level) < 0.1, (row, name)
+        # the clip's own instrument plays what its solo clip plays, at another gain
+        alone = sf.read(solo / row["path"])[0]
+        assert np.corrcoef(alone, stems[row["label"]])[0, 1] > 0.999
+        counts.add(len(backing))
+    assert counts >= {1, 2}  # up to 3: the families here play 3 or 4 classes, so 2 or 3 others
+
+
+def test_accompaniment_is_deterministic_off_by_default_and_refuses_bad_options(compose_cfg, library, tmp_path):
+    one = _render(compose_cfg, tmp_path / "one", library, *ACCOMPANIED)
+    two = _render(compose_cfg, tmp_path / "two", library, *ACCOMPANIED, "num_workers=2")
+    other = _render(compose_cfg, tmp_path / "other", library, *ACCOMPANIED, "seed=7")
+    clips = sorted(p.relative_to(one) for p in one.rglob("*.flac"))
+    assert clips and all((one / name).read_bytes() == (two / name).read_bytes() for name in clips)
+    assert (one / "manifest.csv").read_bytes() == (two / "manifest.csv").read_bytes()
+    assert (one / "manifest.csv").read_bytes() != (other / "manifest.csv").read_bytes()
+    plain = _render(compose_cfg, tmp_path / "plain", library)
+    assert {row["accompaniment_sources"] for row in _rows(plain / "manifest.csv")} == {""}  # off by default
+    for override, message in (
+        ("accompaniment.level_db=[-6.0,0.0]", r"accompaniment.level_db=\[-6.0, 0.0\]: give \[low, high\] below 0"),
+        ("accompaniment.instruments=[0,2]", r"accompaniment.instruments=\[0, 2\]: give a range"),
+        ("accompaniment.splits=[tset]", r"accompaniment.splits=\['tset'\]: \['tset'\] not a split"),
+    ):
+        with pytest.raises(AmirError, match=message):
+            _render(compose_cfg, tmp_path / "bad", library, "accompaniment.probability=0.5", override)
+
+
+# --- the dataset file's multi-hot targets -------------------------------------------------------------
+
+
+def test_prepare_writes_the_manifests_instruments_as_targets_and_a_folder_scan_writes_none(
+    compose_cfg, library, tmp_path
+):
+    output = _render(compose_cfg, tmp_path / "acc", library, *ACCOMPANIED)
+    overrides = ["overwrite=true", "progress=false", "num_workers=1", f"classes={CLASSES}"]
+    prepare(compose_cfg("prepare", [f"source={output / 'manifest.csv'}", f"output={tmp_path / 'm.h5'}", *overrides]))
+    prepare(compose_cfg("prepare", [f"source={output}", f"output={tmp_path / 'f.h5'}", *overrides]))
+    info = read_info(tmp_path / "m.h5")
+    assert info.targets == ("train", "val", "test") and read_info(tmp_path / "f.h5").targets == ()
+    classes = list(info.class_names)
+    expected = {row["path"]: set(row["instruments"].split(";")) for row in _rows(output / "manifest.csv")}
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        for split in info.targets:
+            targets, y = f[split]["targets"][()], f[split]["y"][()]
+            assert targets.dtype == np.uint8 and targets.shape == (len(y), len(classes))
+            for row, source, label in zip(targets, f[split]["source"].asstr()[()], y, strict=True):
+                assert {classes[i] for i in np.flatnonzero(row)} == expected[source] and row[label] == 1
+    # the loader yields them third; a file without them yields (x, y) as before
+    batch = H5ClipDataset(tmp_path / "m.h5", "train", info.splits["train"]).__getitems__([0, 1])
+    assert len(batch) == 3 and batch[2].shape == (2, len(classes))
+    assert len(H5ClipDataset(tmp_path / "f.h5", "train", info.splits["train"]).__getitems__([0, 1])) == 2
+
+
+def test_targets_that_lack_a_clips_own_label_are_refused(tmp_path):
+    path = tmp_path / "bad.h5"
+    with DatasetWriter(path, TINY_CLASSES, TINY_FEATURES) as writer:
+        x = np.zeros((2, TINY_FEATURES.n_mels, TINY_FEATURES.frames), dtype=np.float16)
+        targets = np.array([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=np.uint8)
+        writer.append("train", x, [0, 3], ["a.wav", "b.wav"], [0.0, 0.0], targets)
+    with pytest.raises(DatasetFileError, match="dataset 'train/targets' row 1 lacks its own label y=3"):
+        read_info(path)
+
+
+# --- mixing clips of the batch --------------------------------------------------------------------------
+
+
+def _flat_batch(n=8):
+    """Clip i: a flat power spectrum of level 10^i, so the power each clip gets from the others shows."""
+    levels = torch.pow(10.0, torch.arange(n, dtype=torch.float32) / 4)
+    return levels.view(-1, 1, 1).expand(n, 32, 33).clone(), torch.arange(n) % len(TINY_CLASSES)
+
+
+def test_batch_mixing_adds_other_clips_at_their_drawn_levels_with_targets_for_the_predominant_ones():
+    augment = BatchAugment(
+        "power",
+        TINY_FEATURES.as_dict(),
+        len(TINY_CLASSES),
+        mix_probability=1.0,
+        mix_max_clips=1,
+        mix_level_db=(-12.0, 0.0),
+        mix_predominant_db=-6.0,
+        mix_background_weight=0.25,
+    )
+    x, y = _flat_batch()
+    torch.manual_seed(0)
+    mixed, target = augment(x, y)
+    assert mixed.shape == x.shape and target.shape == (8, len(TINY_CLASSES))
+    gained_db = 10 * torch.log10(mixed[:, 0, 0] / x[:, 0, 0] - 1).clamp_min(-60)  # the other clip's level
+    for i in range(8):
+        own = torch.nn.functional.one_hot(y[i], len(TINY_CLASSES)).float()
+        assert target[i, y[i]] == 1 and (target[i] >= own).all()
+        others = target[i] - own
+        if gained_db[i] <= -59:  # drew itself: nothing mixed in
+            assert torch.equal(target[i], own)
+        elif gained_db[i] >= -6.0:
+            assert -6.0 <= gained_db[i] <= 0.0 + 1e-4 and (others.max() == 1 or target[i].sum() == 1)
+        else:
+            assert -12.0 - 1e-4 <= gained_db[i] < -6.0 and (others.max() in (0.25, 0.0))
+    torch.manual_seed(0)
+    again = augment(x, y)
+    torch.testing.assert_close(again[0], mixed)
+    torch.testing.assert_close(again[1], target)
+    torch.manual_seed(1)
+    assert not torch.allclose(augment(x, y)[0], mixed)
+
+
+def test_batch_mixing_is_off_in_paper_and_transfer_and_refused_beside_mixup(compose_cfg, tiny_h5):
+    for experiment in ("paper", "transfer"):
+        cfg = compose_cfg("train", [f"data.path={tiny_h5}", f"experiment={experiment}"])
+        assert not (cfg.augment or {}).get("mix_probability") and cfg.module.get("objective", "softmax") == "softmax"
+    cfg = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=predominant"])
+    assert cfg.augment.mix_probability > 0 and cfg.module.objective == "sigmoid"
+    x, y = _flat_batch()
+    plain = BatchAugment("power", TINY_FEATURES.as_dict(), len(TINY_CLASSES), gain_db=3.0)
+    assert torch.equal(plain(x, y)[1], y)  # nothing mixes: class indices, as before
+    with pytest.raises(AmirError, match="mixup_alpha and mix_probability both mix clips"):
+        BatchAugment("power", TINY_FEATURES.as_dict(), 5, mixup_alpha=0.3, mix_probability=0.5)
+    with pytest.raises(AmirError, match=r"mix_level_db=\[-6.0, 3.0\]"):
+        BatchAugment("power", TINY_FEATURES.as_dict(), 5, mix_probability=0.5, mix_level_db=(-6.0, 3.0))
+
+
+# --- the sigmoid objective, end to end ----------------------------------------------------------------
+
+
+def test_the_sigmoid_loss_fits_every_target_and_the_accompaniment_target_weights_the_files_targets():
+    module = AmirModule(
+        net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES.as_dict(),
+        input_shape=(32, 33),
+        objective="sigmoid",
+        accompaniment_target=0.3,
+    )
+    x, y = torch.rand(2, 32, 33), torch.tensor([0, 3])
+    targets = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]], dtype=torch.uint8)
+    _, _, target = module._targets((x, y, targets))
+    torch.testing.assert_close(target, torch.tensor([[1.0, 0.3, 0, 0, 0], [0, 0, 0, 1.0, 0]]))
+    logits = torch.randn(2, 5)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / 2
+    torch.testing.assert_close(module._loss(logits, target), expected)
+    with pytest.raises(AmirError, match="module.objective='softmx'"):
+        AmirModule(
+            module.hparams.net,
+            module.hparams.optimizer,
+            TINY_CLASSES,
+            TINY_FEATURES.as_dict(),
+            (32, 33),
+            objective="softmx",
+        )
+
+
+@pytest.fixture(scope="module")
+def sigmoid_run(tmp_path_factory):
+    """A sigmoid model trained with batch mixing on a file with targets, the checkpoint chosen on val/lrap."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    root = tmp_path_factory.mktemp("sigmoid")
+    data = write_synthetic(root / "tiny.h5", {"train": 24, "val": 6, "test": 7}, TINY_CLASSES, TINY_FEATURES, seed=4)
+    with h5py.File(data, "a") as f:  # every clip also sounds the next class: multi-hot targets
+        for split in ("train", "val", "test"):
+            y = f[split]["y"][()]
+            targets = np.zeros((len(y), len(TINY_CLASSES)), dtype=np.uint8)
+            targets[np.arange(len(y)), y] = targets[np.arange(len(y)), (y + 1) % len(TINY_CLASSES)] = 1
+            f[split].create_dataset("targets", data=targets)
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="amir_pl.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            [f"data.path={data}", "experiment=predominant", *FAST, "trainer.max_epochs=4", "logger=csv"]
+            + ["module.channels_last=false", "module.accompaniment_target=1.0"],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+    summaries = train(cfg)
+    GlobalHydra.instance().clear()
+    return root / "run", data, summaries
+
+
+def test_the_checkpoint_is_chosen_on_validation_lrap_and_the_reports_carry_the_multilabel_scores(sigmoid_run):
+    run, _, summaries = sigmoid_run
+    with (run / "csv" / "metrics.csv").open() as f:
+        lraps = [float(row["val/lrap"]) for row in csv.DictReader(f) if row.get("val/lrap")]
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    callback = next(state for key, state in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint"))
+    assert (
+        len(lraps) == 4
+        and callback["monitor"] == "val/lrap"
+        and callback["best_model_score"] == pytest.approx(max(lraps))
+    )
+    assert int(best.name[5:8]) == int(np.argmax(lraps))  # the epoch of the highest LRAP, not the lowest error
+    multilabel = json.loads((run / "metrics.json").read_text())["test"]["multilabel"]
+    assert multilabel == summaries["test"]["multilabel"] and 0 < multilabel["lrap"] <= 1
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
+def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_and_export(
+    sigmoid_run, compose_cfg, tmp_path, fmt
+):
+    run, _, _ = sigmoid_run
+    (ckpt,) = (run / "checkpoints").glob("epoch*.ckpt")
+    module = load_checkpoint(ckpt).eval()
+    assert module.objective == "sigmoid"
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    wav = write_tone(
+        tmp_path / "tone.wav", 2 * features.clip_samples / features.sample_rate, features.sample_rate, 440.0
+    )
+    waveform = torch.from_numpy(sf.read(str(wav), dtype="float32")[0][: features.clip_samples])[None]
+    with torch.no_grad():
+        direct = torch.sigmoid(module.net(MelFrontEnd(features)(waveform)))[0]
+    model, metadata = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
+    assert metadata["objective"] == "sigmoid" and "sigmoid" in metadata["output"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
+    overrides = [f"ckpt_path={ckpt}", f"inputs={wav}", "num_workers=1", "aggregation=mean", "hop_seconds=100"]
+    (row,) = predict(compose_cfg("predict", overrides))
+    assert row["model_output"] == "sigmoid" and row["top1_score"] == pytest.approx(float(direct.max()), abs=1e-4)
+    (wav.with_suffix(".txt")).write_text("flute\n")
+    summary = evaluate_recordings(compose_cfg("evaluate_recordings", [*overrides, "threshold=0.5", "progress=false"]))[
+        "test"
+    ]
+    assert summary["model_output"] == "sigmoid"
+    per_class = {name: c["predicted"] for name, c in summary["per_class"].items()}
+    assert per_class == {name: int(direct[i] > 0.5) for i, name in enumerate(module.class_names)}
