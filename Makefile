@@ -98,7 +98,7 @@ predominant: system-packages sources install
 	$(BIN)/amir-train data.path=$(DATA)/predominant.h5 experiment=predominant task_name=predominant$(PREDOMINANT_TAG) $(TRAIN_ARGS)
 	@run=$$(ls -td outputs/predominant$(PREDOMINANT_TAG)/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
 	$(BIN)/amir-evaluate-recordings task_name=predominant$(PREDOMINANT_TAG)_mixtures ckpt_path=$$ckpt progress=false \
-	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val aggregation=mean && \
+	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val && \
 	$(BIN)/python scripts/predominant_summary.py $$run $$(ls -td outputs/predominant$(PREDOMINANT_TAG)_mixtures/*/ | head -1)
 
 # The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.

@@ -3,6 +3,7 @@ accompaniment (amir-synth), the multi-hot ``targets`` of the dataset file, mixin
 the sigmoid objective end to end, and choosing the checkpoint on multi-label validation metrics."""
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from amir_pl.inference.export import export, load_exported
 from amir_pl.inference.predict import predict
 from amir_pl.inference.recordings import evaluate_recordings
 from amir_pl.training.augment import BatchAugment
+from amir_pl.training.baseline import mfcc_statistics
 from amir_pl.training.data import H5ClipDataset
 from amir_pl.training.module import AmirModule, load_checkpoint
 from amir_pl.training.train import train
@@ -123,6 +125,13 @@ def test_prepare_writes_the_manifests_instruments_as_targets_and_a_folder_scan_w
     batch = H5ClipDataset(tmp_path / "m.h5", "train", info.splits["train"]).__getitems__([0, 1])
     assert len(batch) == 3 and batch[2].shape == (2, len(classes))
     assert len(H5ClipDataset(tmp_path / "f.h5", "train", info.splits["train"]).__getitems__([0, 1])) == 2
+    # the MFCC baseline reads it as before
+    features, labels = mfcc_statistics(info, "train")
+    assert len(features) == len(labels) == info.splits["train"]
+    # a solo render's manifest lists one instrument a clip: no targets, the file a folder scan gives
+    solo = _render(compose_cfg, tmp_path / "solo", library)
+    prepare(compose_cfg("prepare", [f"source={solo / 'manifest.csv'}", f"output={tmp_path / 's.h5'}", *overrides]))
+    assert read_info(tmp_path / "s.h5").targets == ()
 
 
 def test_targets_that_lack_a_clips_own_label_are_refused(tmp_path):
@@ -138,40 +147,58 @@ def test_targets_that_lack_a_clips_own_label_are_refused(tmp_path):
 # --- mixing clips of the batch --------------------------------------------------------------------------
 
 
-def _flat_batch(n=8):
-    """Clip i: a flat power spectrum of level 10^i, so the power each clip gets from the others shows."""
-    levels = torch.pow(10.0, torch.arange(n, dtype=torch.float32) / 4)
-    return levels.view(-1, 1, 1).expand(n, 32, 33).clone(), torch.arange(n) % len(TINY_CLASSES)
+def _banded_batch(n=8):
+    """Clip i sounds only in mel bands 4i..4i+3, at a power of 10^(i/4) there: which clips were mixed
+    into a clip, and at what level, can be read back from its bands."""
+    x = torch.full((n, 32, 33), 1e-10)
+    for i in range(n):
+        x[i, 4 * i : 4 * i + 4] = 10 ** (i / 4)
+    return x, torch.arange(n) % len(TINY_CLASSES)
 
 
-def test_batch_mixing_adds_other_clips_at_their_drawn_levels_with_targets_for_the_predominant_ones():
+@pytest.mark.parametrize("max_clips", [1, 3])
+@pytest.mark.parametrize("file_targets", [False, True])
+def test_batch_mixing_adds_distinct_clips_at_their_drawn_levels_with_the_targets_of_the_predominant_ones(
+    max_clips, file_targets
+):
     augment = BatchAugment(
         "power",
         TINY_FEATURES.as_dict(),
         len(TINY_CLASSES),
-        mix_probability=1.0,
-        mix_max_clips=1,
+        mix_probability=0.75,
+        mix_max_clips=max_clips,
         mix_level_db=(-12.0, 0.0),
         mix_predominant_db=-6.0,
         mix_background_weight=0.25,
     )
-    x, y = _flat_batch()
+    x, y = _banded_batch()
+    own = torch.nn.functional.one_hot(y, len(TINY_CLASSES)).float()
+    if file_targets:  # a clip's accompaniment at a target of 0.5 (module.accompaniment_target)
+        own = torch.maximum(own, 0.5 * torch.nn.functional.one_hot((y + 2) % len(TINY_CLASSES), len(TINY_CLASSES)))
     torch.manual_seed(0)
-    mixed, target = augment(x, y)
+    mixed, target = augment(x, own if file_targets else y)
     assert mixed.shape == x.shape and target.shape == (8, len(TINY_CLASSES))
-    gained_db = 10 * torch.log10(mixed[:, 0, 0] / x[:, 0, 0] - 1).clamp_min(-60)  # the other clip's level
+    counts = []
     for i in range(8):
-        own = torch.nn.functional.one_hot(y[i], len(TINY_CLASSES)).float()
-        assert target[i, y[i]] == 1 and (target[i] >= own).all()
-        others = target[i] - own
-        if gained_db[i] <= -59:  # drew itself: nothing mixed in
-            assert torch.equal(target[i], own)
-        elif gained_db[i] >= -6.0:
-            assert -6.0 <= gained_db[i] <= 0.0 + 1e-4 and (others.max() == 1 or target[i].sum() == 1)
-        else:
-            assert -12.0 - 1e-4 <= gained_db[i] < -6.0 and (others.max() in (0.25, 0.0))
+        expected = own[i].clone()
+        added = 0
+        for j in range(8):
+            if j == i:
+                torch.testing.assert_close(mixed[i, 4 * i : 4 * i + 4], x[i, 4 * i : 4 * i + 4])  # its own part
+                continue
+            band = mixed[i, 4 * j : 4 * j + 4].mean()
+            if band < 1e-6:
+                continue  # not mixed in
+            level_db = float(10 * torch.log10(band / 10 ** (i / 4)))
+            assert -12.0 - 1e-3 <= level_db <= 1e-3, (i, j, level_db)
+            weight = 1.0 if level_db >= -6.0 else 0.25
+            expected = torch.maximum(expected, weight * own[j])
+            added += 1
+        torch.testing.assert_close(target[i], expected)
+        counts.append(added)
+    assert max(counts) <= max_clips and 0 in counts and max(counts) >= 1
     torch.manual_seed(0)
-    again = augment(x, y)
+    again = augment(x, own if file_targets else y)
     torch.testing.assert_close(again[0], mixed)
     torch.testing.assert_close(again[1], target)
     torch.manual_seed(1)
@@ -181,10 +208,10 @@ def test_batch_mixing_adds_other_clips_at_their_drawn_levels_with_targets_for_th
 def test_batch_mixing_is_off_in_paper_and_transfer_and_refused_beside_mixup(compose_cfg, tiny_h5):
     for experiment in ("paper", "transfer"):
         cfg = compose_cfg("train", [f"data.path={tiny_h5}", f"experiment={experiment}"])
-        assert not (cfg.augment or {}).get("mix_probability") and cfg.module.get("objective", "softmax") == "softmax"
+        assert not (cfg.augment or {}).get("mix_probability") and cfg.module.objective == "softmax"
     cfg = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=predominant"])
     assert cfg.augment.mix_probability > 0 and cfg.module.objective == "sigmoid"
-    x, y = _flat_batch()
+    x, y = _banded_batch()
     plain = BatchAugment("power", TINY_FEATURES.as_dict(), len(TINY_CLASSES), gain_db=3.0)
     assert torch.equal(plain(x, y)[1], y)  # nothing mixes: class indices, as before
     with pytest.raises(AmirError, match="mixup_alpha and mix_probability both mix clips"):
@@ -299,3 +326,13 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     assert summary["model_output"] == "sigmoid"
     per_class = {name: c["predicted"] for name, c in summary["per_class"].items()}
     assert per_class == {name: int(direct[i] > 0.5) for i, name in enumerate(module.class_names)}
+    # make predominant's last step: both figures from the two run folders
+    spec = importlib.util.spec_from_file_location(
+        "summary", Path(__file__).parents[1] / "scripts/predominant_summary.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    solo = json.loads((run / "metrics.json").read_text())["test"]
+    lines = script.summary(run, tmp_path).splitlines()
+    assert f"micro F1 {summary['micro']['f1']:.3f}" in lines[0] and "mean of sigmoid scores" in lines[0]
+    assert f"top-1 error {solo['top1_error']:.1%}" in lines[1] and lines[-1] == f"runs: {run} {tmp_path}"

@@ -236,8 +236,18 @@ def prepare(cfg: DictConfig) -> dict:
     tasks = make_tasks(enumerate(probed), settings, cfg.clips_per_task)
 
     label_index = {name: i for i, name in enumerate(class_names)}
-    # multi-hot targets when the manifest lists the instruments of any clip (classes outside `classes` left out)
-    with_targets = any(r.instruments for r in recordings)
+    # multi-hot targets when the manifest lists an instrument beside a clip's own (classes outside `classes`
+    # left out): a solo render's manifest gives the same file as a folder scan
+    with_targets = any(set(r.instruments) - {r.label} for r in recordings)
+    if with_targets:
+        unknown = Counter(name for r in recordings for name in r.instruments if name not in label_index)
+        skipped += [
+            {
+                "file": name,
+                "reason": f"instrument {name!r} ({count} clips' instruments column) is not in classes: left out of targets",
+            }
+            for name, count in sorted(unknown.items())
+        ]
     per_file = defaultdict(lambda: {"clips": 0, "silent": 0, "nonfinite": 0, "overflow": 0, "errors": []})
     written = Counter()  # (split, label) -> clips
     # Written recording by recording (class by class) to a staging file, then copied to the output

@@ -25,7 +25,7 @@ def plot_timeline(
     title: str,
 ):
     """One row per class, one column per window position of the file (``total_windows`` of them,
-    one every ``hop_seconds``, at the window's centre in seconds), the colour the window's softmax
+    one every ``hop_seconds``, at the window's centre in seconds), the colour the window's score
     probability; silent windows (not scored) stay blank, at the start and end too. The file's top
     classes are in bold with their aggregated score, so a person sees where each instrument plays."""
     from matplotlib.figure import Figure

@@ -107,11 +107,6 @@ class BatchAugment(nn.Module):
         )
         self.register_buffer("centres", mel_centres(features), persistent=False)
 
-    @property
-    def mixes(self) -> bool:
-        """Whether the targets it returns are per-class values rather than class indices."""
-        return bool(self.mixup_alpha or self.mix_probability)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (batch, n_mels, frames) as stored, ``y`` class indices or (batch, classes) targets in
         [0, 1] -> augmented ``x`` and targets: class indices when nothing mixes, else class
@@ -206,7 +201,7 @@ class BatchAugment(nn.Module):
         return 10 * torch.log10(mixed.clamp_min(AMIN)), target
 
     def _mix_batch(self, db: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each clip, with ``mix_probability``, gets 1..``mix_max_clips`` others of the batch added in
+        """Each clip, with ``mix_probability``, gets 1..``mix_max_clips`` other clips of the batch (distinct) added in
         power, each at a level drawn in ``mix_level_db`` against the clip's mean power (so the clip
         stays the loudest). Its target per class is the largest of its own and of each added clip's
         times 1 (at or above ``mix_predominant_db``) or ``mix_background_weight`` (below)."""
@@ -219,8 +214,11 @@ class BatchAugment(nn.Module):
         chosen = torch.rand(batch, device=device) < self.mix_probability
         count = torch.randint(1, self.mix_max_clips + 1, (batch,), device=device)
         low, high = self.mix_level_db
+        # the others of a clip: the next ones after it in a shuffled order of the batch, so all distinct
+        order = torch.randperm(batch, device=device)
+        position = torch.argsort(order)
         for slot in range(self.mix_max_clips):
-            other = torch.randperm(batch, device=device)
+            other = order[(position + slot + 1) % batch]
             active = chosen & (count > slot) & (other != torch.arange(batch, device=device))
             level_db = low + torch.rand(batch, device=device) * (high - low)
             gain = torch.where(active, torch.pow(10.0, level_db / 10) * level / level[other], 0.0)

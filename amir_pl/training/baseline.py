@@ -38,7 +38,7 @@ def mfcc_statistics(
     to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=80.0)
     features, labels = [], []
     for indices in ContiguousBatchSampler(len(dataset), batch_size):
-        x, y = dataset.__getitems__(indices)
+        x, y, *_ = dataset.__getitems__(indices)  # (x, y) or (x, y, targets)
         mel = x.float()
         if info.features.scale == "power":
             mel = to_db(mel.unsqueeze(1)).squeeze(1)  # the 80 dB floor per clip, as for scale=db files

@@ -58,7 +58,8 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 
 def multilabel_metrics(num_classes: int, threshold: float = 0.5) -> MetricCollection:
     """Which instruments are predominant: micro and macro F1 at ``threshold`` and LRAP, on the
-    model's scores (sigmoids, or a softmax model's probabilities) against the clips' multi-hot targets."""
+    model's scores (sigmoids, or a softmax model's probabilities) against each clip's labels (its
+    class, and any other whose training target is 0.5 or more: ``AmirModule._targets``)."""
     return MetricCollection(
         {
             "multilabel_f1_micro": MultilabelF1Score(num_classes, threshold=threshold, average="micro"),
@@ -260,11 +261,13 @@ class AmirModule(L.LightningModule):
         return class_scores(logits, self.objective)
 
     def _targets(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x``, the class indices ``y`` and what the loss fits: ``y`` itself for a softmax model on a
-        file without multi-hot ``targets`` (as before they existed), else a target per class: 1 for
-        the clip's instrument, ``accompaniment_target`` for every other one sounding in it."""
+        """``x``, the class indices ``y`` and what the loss fits: ``y`` itself for a softmax model
+        (as before targets existed) unless ``accompaniment_target`` makes the file's multi-hot
+        ``targets`` count, else a target per class: 1 for the clip's instrument,
+        ``accompaniment_target`` for every other one sounding in it. Validation and test label a
+        clip with the classes whose target is 0.5 or more: what the model is trained to answer."""
         x, y, *extra = batch
-        if not extra and self.objective == "softmax":
+        if self.objective == "softmax" and not (extra and self.hparams.accompaniment_target):
             return x, y, y
         target = F.one_hot(y, len(self.class_names)).float()
         if extra:

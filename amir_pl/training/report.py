@@ -201,7 +201,7 @@ def format_summary(split: str, summary: Mapping) -> str:
     if "multilabel" in summary:
         ml = summary["multilabel"]
         lines.append(
-            f"  multi-label: micro F1 {ml['f1_micro']:.3f}  macro F1 {ml['f1_macro']:.3f} (at {ml['threshold']})  "
+            f"  multi-label ({summary.get('model_output', 'softmax')} scores): micro F1 {ml['f1_micro']:.3f}  macro F1 {ml['f1_macro']:.3f} (at {ml['threshold']})  "
             f"LRAP {ml['lrap']:.3f}"
         )
     lines.append(f"  {'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")

@@ -55,6 +55,7 @@ def score_splits(
         module.eval_split = split
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         summaries[split] = report.split_summary(module.results[split], module.class_names)
+        summaries[split]["model_output"] = module.objective  # softmax | sigmoid: what the multilabel block scored
     return summaries
 
 

@@ -642,7 +642,7 @@ def synth(cfg: DictConfig) -> Path:
         "mixture_seconds_max": float(cfg.mixtures.seconds[1]),
     }
     output.mkdir(parents=True, exist_ok=True)
-    # 16-bit samples: FLAC takes about half, so this errs on the safe side (stems are summed: no more space)
+    # 16-bit samples: FLAC takes about half, so this errs on the safe side (stems, when asked for, not counted)
     seconds = len(jobs) * float(cfg.clip_seconds) + len(mixture_jobs) * float(cfg.mixtures.seconds[1])
     warn_if_short_of_space(output, int(seconds * int(cfg.sample_rate) * 2), "the rendered files", "output=")
     results, mixtures = [], []
