@@ -61,14 +61,14 @@ test: system-packages install lint
 test-fast: install  # skips the subprocess and DDP tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The whole job on the built-in data: render, prepare, train, test on a family held out of training
-# (TRAIN_ARGS: more amir-train overrides, e.g. seed=1 or trainer.precision=32-true).
+# The whole job on the built-in data: what make predominant does, into outputs/quickstart/ (one model for
+# solo recordings and for music with accompaniment: experiment=predominant was no worse than
+# experiment=transfer on the held-out family's solo clips, docs/results.md, "Predominant instruments").
 # Many source families in training (layout=families): validation on lmms, the test on the held-out
-# tim family (docs/results.md, "Transfer"); a missing sample library is skipped with one line.
+# tim family; a missing sample library is skipped with one line (TRAIN_ARGS: more amir-train
+# overrides, e.g. seed=1). The solo-only recipe: amir-train data.path=... experiment=transfer.
 quickstart: system-packages sources install
-	$(BIN)/amir-synth output=$(DATA)/families clips_per_class=$(FAMILY_CLIPS) layout=families overwrite=true
-	$(BIN)/amir-prepare source=$(DATA)/families output=$(DATA)/families.h5 overwrite=true
-	$(BIN)/amir-train data.path=$(DATA)/families.h5 experiment=transfer task_name=quickstart $(TRAIN_ARGS)
+	@$(MAKE) --no-print-directory predominant PREDOMINANT_TASK=quickstart
 
 # The IRMAS test protocol on built-in mixtures (docs/results.md, "Mixtures"): 2-4 instruments, 5-20 s,
 # validation mixtures from lmms (the threshold is chosen there), test mixtures from the held-out tim
@@ -91,15 +91,16 @@ mixtures: system-packages sources install
 # test clips of the held-out family (TRAIN_ARGS: more amir-train overrides, e.g. seed=1).
 ACCOMPANIMENT ?= 0.5
 PREDOMINANT_TAG ?=
+PREDOMINANT_TASK ?= predominant$(PREDOMINANT_TAG)
 predominant: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/predominant clips_per_class=$(FAMILY_CLIPS) layout=families overwrite=true \
 	  accompaniment.probability=$(ACCOMPANIMENT) mixtures.count=$(MIXTURES) 'mixtures.splits=[val,test]'
 	$(BIN)/amir-prepare source=$(DATA)/predominant/manifest.csv output=$(DATA)/predominant.h5 overwrite=true
-	$(BIN)/amir-train data.path=$(DATA)/predominant.h5 experiment=predominant task_name=predominant$(PREDOMINANT_TAG) $(TRAIN_ARGS)
-	@run=$$(ls -td outputs/predominant$(PREDOMINANT_TAG)/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
-	$(BIN)/amir-evaluate-recordings task_name=predominant$(PREDOMINANT_TAG)_mixtures ckpt_path=$$ckpt progress=false \
+	$(BIN)/amir-train data.path=$(DATA)/predominant.h5 experiment=predominant task_name=$(PREDOMINANT_TASK) $(TRAIN_ARGS)
+	@run=$$(ls -td outputs/$(PREDOMINANT_TASK)/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
+	$(BIN)/amir-evaluate-recordings task_name=$(PREDOMINANT_TASK)_mixtures ckpt_path=$$ckpt progress=false \
 	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val && \
-	$(BIN)/python scripts/predominant_summary.py $$run $$(ls -td outputs/predominant$(PREDOMINANT_TAG)_mixtures/*/ | head -1)
+	$(BIN)/python scripts/predominant_summary.py $$run $$(ls -td outputs/$(PREDOMINANT_TASK)_mixtures/*/ | head -1)
 
 # The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.
 # ConvNet: both dropout placements on the thesis's linear power features, and `paper` on dB features
