@@ -113,7 +113,7 @@ def test_predict_and_export_follow_the_checkpoints_precision(compose_cfg, tiny_h
     with torch.no_grad():
         fp32 = torch.softmax(module.net(mels), dim=1).numpy()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = torch.softmax(module.net(mels), dim=1).float().numpy()
+            bf16 = torch.softmax(module.net(mels).float(), dim=1).numpy()  # the net in bf16, its softmax in float32
     # the two precisions are told apart well above predictions.json's 4 decimals
     assert np.abs(fp32 - bf16).max() > 1e-3, np.abs(fp32 - bf16).max()
 
