@@ -62,8 +62,8 @@ test-fast: install  # skips the subprocess and DDP tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The whole job on the built-in data: what make predominant does, into outputs/quickstart/ (one model for
-# solo recordings and for music with accompaniment: experiment=predominant was no worse than
-# experiment=transfer on the held-out family's solo clips, docs/results.md, "Predominant instruments").
+# solo recordings and for music with accompaniment: experiment=predominant is better than
+# experiment=transfer on the held-out family's solo clips too, docs/results.md, "Predominant instruments").
 # Many source families in training (layout=families): validation on lmms, the test on the held-out
 # tim family; a missing sample library is skipped with one line (TRAIN_ARGS: more amir-train
 # overrides, e.g. seed=1). The solo-only recipe: amir-train data.path=... experiment=transfer.
