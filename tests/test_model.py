@@ -113,3 +113,36 @@ def test_thesis_init():
             assert torch.all(module.bias == 0.1)
     default = SegalConvNet((128, 130), 12, init="pytorch")
     assert not torch.all(default.classifier.bias == 0.1)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_time_pool_keeps_frequency_and_ignores_when(pool):
+    net = SegalConvNet((128, 130), 12, time_pool=pool).eval()
+    assert net.num_features == 64 * 8 and net.fc[1].in_features == 512
+    x = torch.randn(2, 128, 130)
+    maps = net.features(net.norm(x.unsqueeze(1)))
+    pooled = maps.amax(dim=3) if pool == "max" else maps.mean(dim=3)
+    torch.testing.assert_close(net(x), net.classifier(net.fc(pooled)))
+    # a sound on silence and the same sound 32 frames later (two cells of the last map; both far enough
+    # from the edges: a cell of the last map sees 46 frames) score alike; the thesis's flatten does not
+    clip = torch.zeros(1, 128, 130)
+    clip[..., 32:64] = torch.randn(1, 128, 32)
+    later = torch.roll(clip, 32, dims=-1)
+    torch.testing.assert_close(net(clip), net(later), atol=1e-5, rtol=1e-4)
+    flatten = SegalConvNet((128, 130), 12).eval()
+    assert not torch.allclose(flatten(clip), flatten(later), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_time_pool_is_refused():
+    with pytest.raises(ModelConfigError, match="time_pool"):
+        SegalConvNet((128, 130), 12, time_pool="median")
+
+
+def test_channels_per_block():
+    net = SegalConvNet((128, 130), 12, channels=[32, 64, 128, 256], time_pool="max")
+    widths = [block[0].out_channels for block in net.features]
+    assert widths == [32, 64, 128, 256] and net.features.conv2[0].in_channels == 32
+    assert net.num_features == 256 * 8 and net(torch.randn(2, 128, 130)).shape == (2, 12)
+    assert SegalConvNet((128, 130), 12, channels=[32, 64, 128, 256]).num_features == 256 * 8 * 9
+    with pytest.raises(ModelConfigError, match="model.channels"):
+        SegalConvNet((128, 130), 12, channels=[32, 64])

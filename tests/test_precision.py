@@ -53,7 +53,7 @@ def test_a_forced_precision_is_kept_and_emulated_bf16_is_warned_about(cpu_withou
     assert "emulates" in caplog.text and "trainer.precision=32-true" in caplog.text
 
 
-def test_configs_auto_by_default_float32_for_the_thesis_and_transfer_recipes(compose_cfg):
+def test_configs_auto_by_default_and_for_predominant_float32_for_the_thesis_and_transfer_recipes(compose_cfg):
     assert compose_cfg("train", ["data.path=x"]).trainer.precision == "auto"
     assert compose_cfg("train", ["data.path=x", "trainer=cpu"]).trainer.precision == "auto"
     # experiment=transfer: float32, chosen on validation (bf16 was worse, docs/results.md)
@@ -66,6 +66,8 @@ def test_configs_auto_by_default_float32_for_the_thesis_and_transfer_recipes(com
     assert compose_cfg("train", ["data.path=x", "experiment=paper"]).trainer.precision == "32-true"
     assert compose_cfg("train", ["data.path=x", "trainer=gpu", "experiment=paper"]).trainer.precision == "32-true"
     assert compose_cfg("train", ["data.path=x", "experiment=quickstart"]).trainer.precision == "32-true"
+    # experiment=predominant (make quickstart): auto, bf16 tied or better on validation with two seeds
+    assert compose_cfg("train", ["data.path=x", "experiment=predominant"]).trainer.precision == "auto"
 
 
 def _train(compose_cfg, tiny_h5, *overrides):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torchaudio
@@ -28,6 +28,7 @@ INPUT_NORMS = ("running", "batch", "band", "none")
 COMPRESSIONS = ("none", "db")
 INITS = ("thesis", "pytorch")
 DROPOUT_POSITIONS = ("after_pool", "before_pool")
+TIME_POOLS = ("none", "max", "mean")
 
 
 def input_normalisation(mode: str) -> nn.Module:
@@ -103,23 +104,29 @@ class ConvBlock(nn.Sequential):
 class SegalConvNet(nn.Module):
     """The thesis ConvNet for inputs of ``input_shape = (n_mels, frames)`` and ``num_classes`` classes.
 
+    ``channels``: the filters of every conv block (the thesis: 64), or a list of four, one a block
+    (e.g. ``[32, 64, 128, 256]``: more filters where the map is small, at about the same cost).
+
     ``dropout`` maps a site (conv1..conv4, fc after the ReLU) to a probability; sites left
     out or at 0 get no dropout layer at all. ``dropout_position`` puts the conv sites'
     dropout after the max-pool (``after_pool``) or between the ReLU and the pool
-    (``before_pool``, what the author's code did).
+    (``before_pool``, what the author's code did). ``time_pool`` (``max`` or ``mean``) pools the last
+    conv block's map over time before the FC layer, keeping its frequency axis: the FC layer then
+    sees where in frequency a pattern is, not when (``none``, the thesis: the whole map flattened).
     """
 
     def __init__(
         self,
         input_shape: tuple[int, int],
         num_classes: int,
-        channels: int = 64,
+        channels: int | Sequence[int] = 64,
         fc_units: int = 1024,
         dropout: Mapping[str, float] | None = None,
         input_norm: str = "running",
         init: str = "pytorch",
         dropout_position: str = "after_pool",
         compression: str = "none",
+        time_pool: str = "none",
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -137,20 +144,28 @@ class SegalConvNet(nn.Module):
             raise ModelConfigError(f"model.init={init!r} is not one of {INITS}")
         if compression not in COMPRESSIONS:
             raise ModelConfigError(f"model.compression={compression!r} is not one of {COMPRESSIONS}")
+        if time_pool not in TIME_POOLS:
+            raise ModelConfigError(f"model.time_pool={time_pool!r} is not one of {TIME_POOLS}")
+        widths = [int(channels)] * 4 if isinstance(channels, int) else [int(c) for c in channels]
+        if len(widths) != 4 or min(widths) < 1:
+            raise ModelConfigError(
+                f"model.channels={channels}: give one number of filters for all four conv blocks, or a list of four"
+            )
         self.input_shape = tuple(input_shape)
         # db: 10 log10 of the power mels (torchaudio's AmplitudeToDB), for a dataset of linear power
         self.compress = torchaudio.transforms.AmplitudeToDB("power") if compression == "db" else nn.Identity()
         self.norm = input_normalisation(input_norm)
         in_channels = 1
         blocks = {}
-        for site in DROPOUT_SITES[:4]:
-            blocks[site] = ConvBlock(in_channels, channels, float(dropout.get(site, 0.0)), dropout_position)
-            in_channels = channels
+        for site, width in zip(DROPOUT_SITES[:4], widths):
+            blocks[site] = ConvBlock(in_channels, width, float(dropout.get(site, 0.0)), dropout_position)
+            in_channels = width
         self.features = nn.Sequential(OrderedDict(blocks))
         height, width = self.input_shape
         for _ in range(4):
             height, width = math.ceil(height / 2), math.ceil(width / 2)
-        self.num_features = channels * height * width
+        self.time_pool = time_pool
+        self.num_features = widths[-1] * height * (width if time_pool == "none" else 1)
         fc = [nn.Flatten(), nn.Linear(self.num_features, fc_units), nn.ReLU(inplace=True)]
         if float(dropout.get("fc", 0.0)) > 0:
             fc.append(nn.Dropout(float(dropout["fc"])))
@@ -171,7 +186,12 @@ class SegalConvNet(nn.Module):
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        return self.classifier(self.fc(self.features(self.norm(self.compress(x)))))
+        maps = self.features(self.norm(self.compress(x)))  # (batch, channels, bands, frames)
+        if self.time_pool == "max":
+            maps = maps.amax(dim=3)
+        elif self.time_pool == "mean":
+            maps = maps.mean(dim=3)
+        return self.classifier(self.fc(maps))
 
 
 def _thesis_init(module: nn.Module) -> None:
