@@ -105,7 +105,7 @@ class SegalConvNet(nn.Module):
     """The thesis ConvNet for inputs of ``input_shape = (n_mels, frames)`` and ``num_classes`` classes.
 
     ``channels``: the filters of every conv block (the thesis: 64), or a list of four, one a block
-    (e.g. ``[32, 64, 128, 256]``: more filters where the map is small, at about the same cost).
+    (e.g. ``[32, 64, 128, 256]``: more filters where the map is small; 1.2x the multiply-adds).
 
     ``dropout`` maps a site (conv1..conv4, fc after the ReLU) to a probability; sites left
     out or at 0 get no dropout layer at all. ``dropout_position`` puts the conv sites'
