@@ -164,7 +164,9 @@ class SegalConvNet(nn.Module):
         height, width = self.input_shape
         for _ in range(4):
             height, width = math.ceil(height / 2), math.ceil(width / 2)
-        self.time_pool = time_pool
+        # over time only: (batch, channels, bands, 1), flattened in band order as the thesis's map is
+        pools = {"max": nn.AdaptiveMaxPool2d((None, 1)), "mean": nn.AdaptiveAvgPool2d((None, 1))}
+        self.time_pool = pools.get(time_pool, nn.Identity())
         self.num_features = widths[-1] * height * (width if time_pool == "none" else 1)
         fc = [nn.Flatten(), nn.Linear(self.num_features, fc_units), nn.ReLU(inplace=True)]
         if float(dropout.get("fc", 0.0)) > 0:
@@ -186,12 +188,7 @@ class SegalConvNet(nn.Module):
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        maps = self.features(self.norm(self.compress(x)))  # (batch, channels, bands, frames)
-        if self.time_pool == "max":
-            maps = maps.amax(dim=3)
-        elif self.time_pool == "mean":
-            maps = maps.mean(dim=3)
-        return self.classifier(self.fc(maps))
+        return self.classifier(self.fc(self.time_pool(self.features(self.norm(self.compress(x))))))
 
 
 def _thesis_init(module: nn.Module) -> None:
