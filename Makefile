@@ -127,9 +127,10 @@ results-train: install
 
 # The leave-one-family-out protocol (docs/results.md, "Transfer"): one pool of every family, then for
 # each fold (held-out test family : validation family) the MFCC baseline, the transfer recipe and the
-# thesis net and input at the quickstart's schedule, trained on all the other families; one table.
+# thesis net and input at the quickstart's schedule, trained on all the other families; two tables, the
+# test error (read) and the ConvNet recipes' best validation error (what a recipe is chosen on).
 # TRANSFER_RECIPES picks the columns (e.g. "baseline transfer"); each ConvNet recipe trains once per seed
-# in TRANSFER_SEEDS (the SVM baseline is deterministic: once); the table gives the mean over the seeds and
+# in TRANSFER_SEEDS (the SVM baseline is deterministic: once); the tables give the mean over the seeds and
 # every value. TRAIN_ARGS are added to each amir-train command (e.g. trainer.precision=32-true), and
 # LOFO_TAG to its task name (outputs/lofo_<family>_<recipe><tag>_seed<seed>/); the table reads the newest
 # run of each.

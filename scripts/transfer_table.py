@@ -2,7 +2,10 @@
 macro F of each recipe, and the mean over the families. A ConvNet recipe's cell is the mean over its
 seeds with every seed's value; the MFCC + SVM baseline is deterministic and runs once. Reads the newest
 run of outputs/lofo_<family>_<recipe><tag>_seed<seed>/ (outputs/lofo_<family>_baseline/ for the
-baseline) and writes the table to stdout and outputs/lofo_table<tag>.md.
+baseline) and writes the table to stdout and outputs/lofo_table<tag>.md. A second table gives the
+ConvNet recipes' best validation error (the checkpoint kept, from ModelCheckpoint's state in
+checkpoints/last.ckpt): what a recipe is chosen on (docs/results.md, "Seeds, and how large a
+difference must be"); the test table is read, never used to choose.
 
     python scripts/transfer_table.py tim fluid tonejs lmms --seeds 12345 1 [--tag _fp32]
 """
@@ -24,6 +27,21 @@ RECIPES = {
 def newest_test_metrics(root: Path, task: str) -> dict | None:
     runs = sorted((root / task).glob("*/metrics.json"))
     return json.loads(runs[-1].read_text()).get("test") if runs else None
+
+
+def newest_best_validation_error(root: Path, task: str) -> float | None:
+    """The best val/top1_error of the newest run of ``task`` (None if it has no last.ckpt or no such monitor)."""
+    runs = sorted((root / task).glob("*/checkpoints/last.ckpt"))
+    if not runs:
+        return None
+    import torch  # only here: the test table needs no torch
+
+    state = torch.load(runs[-1], map_location="cpu", weights_only=False).get("callbacks", {})
+    for name, callback in state.items():
+        if name.startswith("ModelCheckpoint") and callback.get("monitor") == "val/top1_error":
+            score = callback.get("best_model_score")
+            return None if score is None else float(score)
+    return None
 
 
 def runs_of(root: Path, family: str, recipe: str, seeds: list[str], tag: str) -> list[dict]:
@@ -74,13 +92,42 @@ def table(families: list[str], seeds: list[str], tag: str = "", root: Path = Pat
     return "\n".join(lines) + f"\n\n{seeds_note}\n"
 
 
+def validation_table(families: list[str], seeds: list[str], tag: str = "", root: Path = Path("outputs")) -> str:
+    """Best validation top-1 error per fold and ConvNet recipe: the mean over seeds, each seed's value."""
+    recipes = [recipe for recipe in RECIPES if recipe != "baseline"]
+    lines = [
+        "| best validation error | " + " | ".join(f"`{family}`" for family in families) + " | mean |",
+        "| --- |" + " --- |" * (len(families) + 1),
+    ]
+    for recipe in recipes:
+        cells, fold_means = [], []
+        for family in families:
+            tasks = [f"lofo_{family}_{recipe}{tag}_seed{seed}" for seed in seeds]
+            errors = [100 * e for task in tasks if (e := newest_best_validation_error(root, task)) is not None]
+            if not errors:
+                cells.append("not run")
+                continue
+            fold_means.append(mean(errors))
+            text = f"{mean(errors):.1f} %" + (
+                " (" + ", ".join(f"{e:.1f}" for e in errors) + ")" if len(errors) > 1 else ""
+            )
+            cells.append(text + (f" ({len(errors)} of {len(seeds)} seeds)" if len(errors) < len(seeds) else ""))
+        total = (
+            f"{mean(fold_means):.1f} %"
+            if len(fold_means) == len(families)
+            else f"{len(fold_means)} of {len(families)} folds run"
+        )
+        lines.append(f"| {RECIPES[recipe]} | " + " | ".join(cells) + f" | {total} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("families", nargs="*", default=["tim", "fluid", "tonejs", "lmms"])
     parser.add_argument("--seeds", nargs="+", default=["12345", "1"])
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
-    text = table(args.families, args.seeds, args.tag)
+    text = table(args.families, args.seeds, args.tag) + "\n" + validation_table(args.families, args.seeds, args.tag)
     Path("outputs").mkdir(exist_ok=True)
     Path(f"outputs/lofo_table{args.tag}.md").write_text(text)
     print(text, end="")

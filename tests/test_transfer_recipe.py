@@ -197,6 +197,45 @@ def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_p
     assert "| `tim` | 25.0 %, F 0.750 (n=100) |" in module.table(["tim"], ["12345"], tag="_fp32", root=tmp_path)
 
 
+def test_the_leave_one_family_out_validation_table_reads_each_runs_best_checkpoint_score(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "transfer_table", Path(__file__).parents[1] / "scripts/transfer_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def write(task, best, stamp="2026-02-01_00-00-00"):
+        checkpoints = tmp_path / task / stamp / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        callbacks = {  # as Lightning stores them: the state key names the callback and its monitor
+            "ModelCheckpoint{'monitor': 'val/top1_error', 'mode': 'min'}": {
+                "monitor": "val/top1_error",
+                "best_model_score": torch.tensor(best),
+            },
+            "LastCheckpoint{'monitor': None}": {"monitor": None, "best_model_score": None},
+        }
+        torch.save({"callbacks": callbacks}, checkpoints / "last.ckpt")
+
+    for recipe, (tim, lmms) in {
+        "transfer": ((0.30, 0.40), (0.50, 0.60)),
+        "paper": ((0.70, 0.70), (0.80, 0.90)),
+    }.items():
+        for seed, best_tim, best_lmms in zip(("12345", "1"), tim, lmms):
+            write(f"lofo_tim_{recipe}_seed{seed}", 0.99, stamp="2026-01-01_00-00-00")  # older: not read
+            write(f"lofo_tim_{recipe}_seed{seed}", best_tim)
+            write(f"lofo_lmms_{recipe}_seed{seed}", best_lmms)
+    text = module.validation_table(["tim", "lmms"], ["12345", "1"], root=tmp_path)
+    assert "| ConvNet, `experiment=transfer` | 35.0 % (30.0, 40.0) | 55.0 % (50.0, 60.0) | 45.0 % |" in text
+    assert "| 70.0 % (70.0, 70.0) | 85.0 % (80.0, 90.0) | 77.5 % |" in text
+    partial = module.validation_table(["tim", "fluid"], ["12345", "7"], root=tmp_path)
+    assert "30.0 % (1 of 2 seeds)" in partial and "not run" in partial and "1 of 2 folds run" in partial
+
+
 def test_scheduler_cosine_decays_the_learning_rate_and_paper_keeps_it_constant(compose_cfg, tiny_h5, tmp_path):
     import math
 
