@@ -157,7 +157,8 @@ def test_band_statistics_travel_in_the_checkpoint_and_evaluate_predict_export_ag
         torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
 
 
-def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_path):
+def load_transfer_table():
+    """scripts/transfer_table.py, which make transfer runs (a script, not a module of the package)."""
     import importlib.util
     from pathlib import Path
 
@@ -166,6 +167,11 @@ def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_p
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_path):
+    module = load_transfer_table()
 
     def write(task, value, stamp="2026-02-01_00-00-00"):
         run = tmp_path / task / stamp
@@ -198,16 +204,9 @@ def test_the_leave_one_family_out_table_reads_the_newest_runs_and_averages(tmp_p
 
 
 def test_the_leave_one_family_out_validation_table_reads_each_runs_best_checkpoint_score(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "transfer_table", Path(__file__).parents[1] / "scripts/transfer_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_transfer_table()
 
     def write(task, best, stamp="2026-02-01_00-00-00"):
         checkpoints = tmp_path / task / stamp / "checkpoints"
