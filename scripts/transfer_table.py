@@ -30,13 +30,15 @@ def newest_test_metrics(root: Path, task: str) -> dict | None:
 
 
 def newest_best_validation_error(root: Path, task: str) -> float | None:
-    """The best val/top1_error of the newest run of ``task`` (None if it has no last.ckpt or no such monitor)."""
-    runs = sorted((root / task).glob("*/checkpoints/last.ckpt"))
-    if not runs:
+    """The best val/top1_error of the newest finished run of ``task``, the one the test table reads (None if
+    it has no last.ckpt or no such monitor)."""
+    runs = sorted((root / task).glob("*/metrics.json"))
+    last = runs[-1].parent / "checkpoints" / "last.ckpt" if runs else None
+    if last is None or not last.exists():
         return None
     import torch  # only here: the test table needs no torch
 
-    state = torch.load(runs[-1], map_location="cpu", weights_only=False).get("callbacks", {})
+    state = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
     for name, callback in state.items():
         if name.startswith("ModelCheckpoint") and callback.get("monitor") == "val/top1_error":
             score = callback.get("best_model_score")

@@ -208,9 +208,11 @@ def test_the_leave_one_family_out_validation_table_reads_each_runs_best_checkpoi
 
     module = load_transfer_table()
 
-    def write(task, best, stamp="2026-02-01_00-00-00"):
+    def write(task, best, stamp="2026-02-01_00-00-00", finished=True):
         checkpoints = tmp_path / task / stamp / "checkpoints"
         checkpoints.mkdir(parents=True)
+        if finished:  # a finished run has its test metrics; a run still training only its last.ckpt
+            (checkpoints.parent / "metrics.json").write_text(json.dumps({"test": {"top1_error": 0.5}}))
         callbacks = {  # as Lightning stores them: the state key names the callback and its monitor
             "ModelCheckpoint{'monitor': 'val/top1_error', 'mode': 'min'}": {
                 "monitor": "val/top1_error",
@@ -228,6 +230,7 @@ def test_the_leave_one_family_out_validation_table_reads_each_runs_best_checkpoi
             write(f"lofo_tim_{recipe}_seed{seed}", 0.99, stamp="2026-01-01_00-00-00")  # older: not read
             write(f"lofo_tim_{recipe}_seed{seed}", best_tim)
             write(f"lofo_lmms_{recipe}_seed{seed}", best_lmms)
+            write(f"lofo_lmms_{recipe}_seed{seed}", 0.01, stamp="2026-03-01_00-00-00", finished=False)  # not read
     text = module.validation_table(["tim", "lmms"], ["12345", "1"], root=tmp_path)
     assert "| ConvNet, `experiment=transfer` | 35.0 % (30.0, 40.0) | 55.0 % (50.0, 60.0) | 45.0 % |" in text
     assert "| 70.0 % (70.0, 70.0) | 85.0 % (80.0, 90.0) | 77.5 % |" in text
