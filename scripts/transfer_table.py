@@ -24,21 +24,28 @@ RECIPES = {
 }
 
 
-def newest_test_metrics(root: Path, task: str) -> dict | None:
+def newest_finished_run(root: Path, task: str) -> Path | None:
+    """The newest run folder of ``task`` that has its metrics.json (a run still training has none)."""
     runs = sorted((root / task).glob("*/metrics.json"))
-    return json.loads(runs[-1].read_text()).get("test") if runs else None
+    return runs[-1].parent if runs else None
+
+
+def newest_test_metrics(root: Path, task: str) -> dict | None:
+    run = newest_finished_run(root, task)
+    return json.loads((run / "metrics.json").read_text()).get("test") if run else None
 
 
 def newest_best_validation_error(root: Path, task: str) -> float | None:
     """The best val/top1_error of the newest finished run of ``task``, the one the test table reads (None if
     it has no last.ckpt or no such monitor)."""
-    runs = sorted((root / task).glob("*/metrics.json"))
-    last = runs[-1].parent / "checkpoints" / "last.ckpt" if runs else None
+    run = newest_finished_run(root, task)
+    last = run / "checkpoints" / "last.ckpt" if run else None
     if last is None or not last.exists():
         return None
     import torch  # only here: the test table needs no torch
 
-    state = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+    # mmap: only the callbacks' state is read from disk, not the weights
+    state = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
     for name, callback in state.items():
         if name.startswith("ModelCheckpoint") and callback.get("monitor") == "val/top1_error":
             score = callback.get("best_model_score")
