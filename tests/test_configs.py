@@ -71,3 +71,11 @@ def test_app_options_are_checked_while_composing(compose_cfg, name, override, ch
         compose_cfg(name, [override])
     message = str(refused.value.__cause__)
     assert override.split("=")[0] in message and choices in message
+
+
+@pytest.mark.parametrize("layout", ["soundfonts", "families", "pool"])
+def test_every_family_a_layout_names_has_a_source_amir_synth_loads_by_default(compose_cfg, layout):
+    cfg = compose_cfg("synth", [f"layout={layout}"])
+    families = {source.family for source in cfg.sources.values()}
+    named = {family for split in cfg.splits.values() for family in split.families}
+    assert named and named <= families, f"layout={layout} names {sorted(named - families)}: no source in synth.yaml"
