@@ -146,3 +146,23 @@ def test_channels_per_block():
     assert SegalConvNet((128, 130), 12, channels=[32, 64, 128, 256]).num_features == 256 * 8 * 9
     with pytest.raises(ModelConfigError, match="model.channels"):
         SegalConvNet((128, 130), 12, channels=[32, 64])
+
+
+def test_conv_norm_batch_normalises_each_conv_and_is_off_by_default():
+    thesis = SegalConvNet((128, 130), 12)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in thesis.features.modules())
+    assert all(block[0].bias is not None for block in thesis.features)
+    net = SegalConvNet((128, 130), 12, conv_norm="batch", init="thesis", dropout={"conv2": 0.25})
+    for block in net.features:
+        conv, norm, relu = block[0], block[1], block[2]
+        assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == conv.out_channels == 64
+        assert conv.bias is None and isinstance(relu, nn.ReLU)  # the norm's shift replaces the bias
+    x = torch.randn(4, 128, 130)
+    net.train()
+    maps = net.features.conv1[1](net.features.conv1[0](net.norm(x.unsqueeze(1))))
+    # in training each channel is standardised over the batch (then the norm's gain 1 and bias 0)
+    torch.testing.assert_close(maps.mean(dim=(0, 2, 3)), torch.zeros(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(maps.var(dim=(0, 2, 3), unbiased=False), torch.ones(64), atol=1e-3, rtol=0)
+    assert net(x).shape == (4, 12) and net.eval()(x[:1]).shape == (1, 12)
+    with pytest.raises(ModelConfigError, match="model.conv_norm"):
+        SegalConvNet((128, 130), 12, conv_norm="layer")

@@ -183,3 +183,39 @@ def test_checkpoints_from_before_the_stage_folders_still_load(checkpoint, tmp_pa
     x = torch.randn(3, 1, *load_checkpoint(checkpoint).hparams["input_shape"])
     with torch.no_grad():
         assert torch.equal(load_checkpoint(old).eval()(x), load_checkpoint(checkpoint).eval()(x))
+
+
+def test_conv_norm_batch_trains_and_scores_each_clip_alone(compose_cfg, tiny_h5, tmp_path):
+    # model.conv_norm=batch: BatchNorm after every conv, running statistics at evaluation, so as with
+    # input_norm=running a clip's scores do not depend on the rest of its evaluation batch.
+    train(
+        compose_cfg(
+            "train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv", "model.conv_norm=batch"]
+        )
+    )
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    module = load_checkpoint(ckpt).eval()
+    assert module.hparams["net"]["conv_norm"] == "batch"
+    assert module.net.features.conv1[1].num_batches_tracked > 0  # fitted in training, saved, loaded
+    assert (
+        evaluate(
+            compose_cfg(
+                "evaluate", [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "data.num_workers=0", "splits=[test]"]
+            )
+        )["test"]["n"]
+        == N_TEST
+    )
+    torch.manual_seed(0)
+    clips = torch.rand(8, 32, 33)
+    with torch.no_grad():  # equal up to the rounding of kernels chosen by batch size
+        torch.testing.assert_close(module(clips[:1]), module(clips)[:1], atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoints_from_before_conv_norm_load_as_the_thesis_net(checkpoint, tmp_path):
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["hyper_parameters"]["net"].pop("conv_norm", None)
+    old = tmp_path / "old.ckpt"
+    torch.save(saved, old)
+    x = torch.randn(3, 1, *load_checkpoint(checkpoint).hparams["input_shape"])
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(old).eval()(x), load_checkpoint(checkpoint).eval()(x))

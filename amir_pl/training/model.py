@@ -29,6 +29,7 @@ COMPRESSIONS = ("none", "db")
 INITS = ("thesis", "pytorch")
 DROPOUT_POSITIONS = ("after_pool", "before_pool")
 TIME_POOLS = ("none", "max", "mean")
+CONV_NORMS = ("none", "batch")
 
 
 def input_normalisation(mode: str) -> nn.Module:
@@ -87,10 +88,22 @@ class BandNorm(nn.Module):
 
 class ConvBlock(nn.Sequential):
     """conv 3x3 -> ReLU -> 2x2 max-pool, with dropout after the pool or, as the author's code
-    had it for conv3 and conv4, between the ReLU and the pool (``before_pool``)."""
+    had it for conv3 and conv4, between the ReLU and the pool (``before_pool``). ``conv_norm=batch``
+    puts a ``BatchNorm2d`` between the conv (then without a bias) and the ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float, dropout_position: str = "after_pool"):
-        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        dropout: float,
+        dropout_position: str = "after_pool",
+        conv_norm: str = "none",
+    ):
+        batch_norm = conv_norm == "batch"
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
         pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
         if dropout > 0 and dropout_position == "before_pool":
             layers += [nn.Dropout(dropout), pool]
@@ -113,6 +126,8 @@ class SegalConvNet(nn.Module):
     (``before_pool``, what the author's code did). ``time_pool`` (``max`` or ``mean``) pools the last
     conv block's map over time before the FC layer, keeping its frequency axis: the FC layer then
     sees where in frequency a pattern is, not when (``none``, the thesis: the whole map flattened).
+    ``conv_norm=batch`` normalises every conv's output over the batch (``BatchNorm2d``; the thesis
+    has none: ``none``).
     """
 
     def __init__(
@@ -127,6 +142,7 @@ class SegalConvNet(nn.Module):
         dropout_position: str = "after_pool",
         compression: str = "none",
         time_pool: str = "none",
+        conv_norm: str = "none",
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -146,6 +162,8 @@ class SegalConvNet(nn.Module):
             raise ModelConfigError(f"model.compression={compression!r} is not one of {COMPRESSIONS}")
         if time_pool not in TIME_POOLS:
             raise ModelConfigError(f"model.time_pool={time_pool!r} is not one of {TIME_POOLS}")
+        if conv_norm not in CONV_NORMS:
+            raise ModelConfigError(f"model.conv_norm={conv_norm!r} is not one of {CONV_NORMS}")
         widths = [int(channels)] * 4 if isinstance(channels, int) else [int(c) for c in channels]
         if len(widths) != 4 or min(widths) < 1:
             raise ModelConfigError(
@@ -158,7 +176,7 @@ class SegalConvNet(nn.Module):
         in_channels = 1
         blocks = {}
         for site, width in zip(DROPOUT_SITES[:4], widths):
-            blocks[site] = ConvBlock(in_channels, width, float(dropout.get(site, 0.0)), dropout_position)
+            blocks[site] = ConvBlock(in_channels, width, float(dropout.get(site, 0.0)), dropout_position, conv_norm)
             in_channels = width
         self.features = nn.Sequential(OrderedDict(blocks))
         height, width = self.input_shape
@@ -195,4 +213,5 @@ def _thesis_init(module: nn.Module) -> None:
     """Weights ~ truncated normal (std 0.1, cut at 2 std, as TensorFlow's), biases 0.1."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.trunc_normal_(module.weight, std=0.1, a=-0.2, b=0.2)
-        nn.init.constant_(module.bias, 0.1)
+        if module.bias is not None:  # a conv before a BatchNorm has none
+            nn.init.constant_(module.bias, 0.1)
