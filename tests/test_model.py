@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from amir_pl.training.model import ModelConfigError, SegalConvNet
+from amir_pl.training.model import ModelConfigError, RelaxedFrequencyNorm, SegalConvNet
 
 
 def test_thesis_shapes_and_4608_flatten():
@@ -166,3 +166,39 @@ def test_conv_norm_batch_normalises_each_conv_and_is_off_by_default():
     assert net(x).shape == (4, 12) and net.eval()(x[:1]).shape == (1, 12)
     with pytest.raises(ModelConfigError, match="model.conv_norm"):
         SegalConvNet((128, 130), 12, conv_norm="layer")
+
+
+def test_relaxed_frequency_norm_takes_out_what_a_source_adds_per_frequency():
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 16, 20)
+    ifn = RelaxedFrequencyNorm(lam=0.0)(x)
+    # lam 0: every frequency row of every clip standardised over its channels and time
+    torch.testing.assert_close(ifn.mean(dim=(1, 3)), torch.zeros(3, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ifn.var(dim=(1, 3), unbiased=False), torch.ones(3, 16), atol=1e-3, rtol=0)
+    # so a gain and an offset per frequency row and clip (a source's colouring) change nothing
+    coloured = x * (1.0 + torch.rand(3, 1, 16, 1)) + 5.0 * torch.randn(3, 1, 16, 1)
+    torch.testing.assert_close(RelaxedFrequencyNorm(lam=0.0)(coloured), ifn, atol=1e-4, rtol=1e-4)
+    # lam 1: the whole map of each clip standardised (layer norm), the rows' differences kept
+    ln = RelaxedFrequencyNorm(lam=1.0)(coloured)
+    torch.testing.assert_close(ln.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    assert not torch.allclose(ln, RelaxedFrequencyNorm(lam=1.0)(x), atol=1e-2)
+    half = RelaxedFrequencyNorm(lam=0.5)(x)
+    torch.testing.assert_close(half, 0.5 * RelaxedFrequencyNorm(lam=1.0)(x) + 0.5 * ifn)
+    assert RelaxedFrequencyNorm()(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_rfn_after_named_blocks_only():
+    net = SegalConvNet((128, 130), 12, rfn_after=["conv1", "conv2"], rfn_lambda=0.3)
+    names = [name for name, _ in net.features.named_children()]
+    assert names == ["conv1", "conv1_rfn", "conv2", "conv2_rfn", "conv3", "conv4"]
+    assert net.features.conv1_rfn.lam == 0.3 and net(torch.randn(2, 128, 130)).shape == (2, 12)
+    assert [name for name, _ in SegalConvNet((128, 130), 12).features.named_children()] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "conv4",
+    ]
+    with pytest.raises(ModelConfigError, match="model.rfn_after"):
+        SegalConvNet((128, 130), 12, rfn_after=["fc"])
+    with pytest.raises(ModelConfigError, match="model.rfn_lambda"):
+        SegalConvNet((128, 130), 12, rfn_after=["conv1"], rfn_lambda=1.5)

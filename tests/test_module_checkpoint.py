@@ -10,7 +10,11 @@ from torch import nn
 
 import amir_pl.training.scoring
 from amir_pl.core.errors import AmirError
+from amir_pl.features.audio import MelFrontEnd
+from amir_pl.features.params import FeatureParams
+from amir_pl.inference.export import export, load_exported
 from amir_pl.training.fault_tolerance import _loadable
+from amir_pl.training.model import RelaxedFrequencyNorm
 from amir_pl.training.module import load_checkpoint
 from amir_pl.training.scoring import evaluate
 from amir_pl.training.train import train
@@ -185,17 +189,19 @@ def test_checkpoints_from_before_the_stage_folders_still_load(checkpoint, tmp_pa
         assert torch.equal(load_checkpoint(old).eval()(x), load_checkpoint(checkpoint).eval()(x))
 
 
-def test_conv_norm_batch_trains_and_scores_each_clip_alone(compose_cfg, tiny_h5, tmp_path):
+def test_conv_norm_and_rfn_train_and_score_each_clip_alone(compose_cfg, tiny_h5, tmp_path):
     # model.conv_norm=batch: BatchNorm after every conv, running statistics at evaluation, so as with
-    # input_norm=running a clip's scores do not depend on the rest of its evaluation batch.
-    train(
-        compose_cfg(
-            "train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv", "model.conv_norm=batch"]
-        )
-    )
+    # input_norm=running a clip's scores do not depend on the rest of its evaluation batch; RFN
+    # normalises each clip by its own statistics. Both come back from the checkpoint and export.
+    overrides = ["model.conv_norm=batch", "model.rfn_after=[conv1,conv2]", "model.rfn_lambda=0.5"]
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "logger=csv", *overrides]))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     module = load_checkpoint(ckpt).eval()
-    assert module.hparams["net"]["conv_norm"] == "batch"
+    assert module.hparams["net"]["conv_norm"] == "batch" and list(module.hparams["net"]["rfn_after"]) == [
+        "conv1",
+        "conv2",
+    ]
+    assert isinstance(module.net.features.conv2_rfn, RelaxedFrequencyNorm)
     assert module.net.features.conv1[1].num_batches_tracked > 0  # fitted in training, saved, loaded
     assert (
         evaluate(
@@ -209,6 +215,12 @@ def test_conv_norm_batch_trains_and_scores_each_clip_alone(compose_cfg, tiny_h5,
     clips = torch.rand(8, 32, 33)
     with torch.no_grad():  # equal up to the rounding of kernels chosen by batch size
         torch.testing.assert_close(module(clips[:1]), module(clips)[:1], atol=1e-5, rtol=1e-4)
+    exported, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", "format=torchscript"])))
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    waveforms = 0.1 * torch.randn(2, features.clip_samples)
+    with torch.no_grad():
+        expected = module.scores(module.net(MelFrontEnd(features)(waveforms)))
+        torch.testing.assert_close(exported(waveforms), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_checkpoints_from_before_conv_norm_load_as_the_thesis_net(checkpoint, tmp_path):

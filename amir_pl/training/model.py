@@ -86,6 +86,28 @@ class BandNorm(nn.Module):
         return (x - self.mean[:, None]) / self.std[:, None]
 
 
+class RelaxedFrequencyNorm(nn.Module):
+    """Relaxed instance frequency-wise normalisation (RFN; Kim et al., Interspeech 2022), for recordings
+    from sources never heard in training: ``lam * LN(x) + (1 - lam) * IFN(x)``. IFN standardises each
+    frequency row of each clip's map over its channels and time, taking out what a source (a
+    soundfont, a room, a microphone) puts into the frequency statistics; the layer-norm share keeps
+    some of what IFN would take away from the class. No parameters; the same in training and evaluation.
+    """
+
+    def __init__(self, lam: float = 0.5, eps: float = 1e-5):
+        super().__init__()
+        self.lam, self.eps = float(lam), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, channels, frequency, time)."""
+        z = x.float()
+        # group_norm over one group = layer norm of the whole map; with the frequency axis as the
+        # "channels" and one group per row = instance norm of each frequency row over (channels, time)
+        ln = torch.nn.functional.group_norm(z, 1, eps=self.eps)
+        ifn = torch.nn.functional.group_norm(z.transpose(1, 2), z.shape[2], eps=self.eps).transpose(1, 2)
+        return (self.lam * ln + (1.0 - self.lam) * ifn).to(x.dtype)
+
+
 class ConvBlock(nn.Sequential):
     """conv 3x3 -> ReLU -> 2x2 max-pool, with dropout after the pool or, as the author's code
     had it for conv3 and conv4, between the ReLU and the pool (``before_pool``). ``conv_norm=batch``
@@ -127,7 +149,8 @@ class SegalConvNet(nn.Module):
     conv block's map over time before the FC layer, keeping its frequency axis: the FC layer then
     sees where in frequency a pattern is, not when (``none``, the thesis: the whole map flattened).
     ``conv_norm=batch`` normalises every conv's output over the batch (``BatchNorm2d``; the thesis
-    has none: ``none``).
+    has none: ``none``). ``rfn_after`` names the conv blocks whose output goes through a
+    ``RelaxedFrequencyNorm`` with ``rfn_lambda`` (none in the thesis).
     """
 
     def __init__(
@@ -143,6 +166,8 @@ class SegalConvNet(nn.Module):
         compression: str = "none",
         time_pool: str = "none",
         conv_norm: str = "none",
+        rfn_after: Sequence[str] = (),
+        rfn_lambda: float = 0.5,
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -164,6 +189,11 @@ class SegalConvNet(nn.Module):
             raise ModelConfigError(f"model.time_pool={time_pool!r} is not one of {TIME_POOLS}")
         if conv_norm not in CONV_NORMS:
             raise ModelConfigError(f"model.conv_norm={conv_norm!r} is not one of {CONV_NORMS}")
+        rfn_after = [str(site) for site in rfn_after]
+        if not set(rfn_after) <= set(DROPOUT_SITES[:4]):
+            raise ModelConfigError(f"model.rfn_after={rfn_after}: name conv blocks of {list(DROPOUT_SITES[:4])}")
+        if not 0.0 <= float(rfn_lambda) <= 1.0:
+            raise ModelConfigError(f"model.rfn_lambda={rfn_lambda} must be in [0, 1] (0: instance norm only)")
         widths = [int(channels)] * 4 if isinstance(channels, int) else [int(c) for c in channels]
         if len(widths) != 4 or min(widths) < 1:
             raise ModelConfigError(
@@ -177,6 +207,8 @@ class SegalConvNet(nn.Module):
         blocks = {}
         for site, width in zip(DROPOUT_SITES[:4], widths):
             blocks[site] = ConvBlock(in_channels, width, float(dropout.get(site, 0.0)), dropout_position, conv_norm)
+            if site in rfn_after:
+                blocks[f"{site}_rfn"] = RelaxedFrequencyNorm(rfn_lambda)
             in_channels = width
         self.features = nn.Sequential(OrderedDict(blocks))
         height, width = self.input_shape
