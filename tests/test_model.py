@@ -184,6 +184,11 @@ def test_relaxed_frequency_norm_takes_out_what_a_source_adds_per_frequency():
     assert not torch.allclose(ln, RelaxedFrequencyNorm(lam=1.0)(x), atol=1e-2)
     half = RelaxedFrequencyNorm(lam=0.5)(x)
     torch.testing.assert_close(half, 0.5 * RelaxedFrequencyNorm(lam=1.0)(x) + 0.5 * ifn)
+    # the same as torch's own norms: a layer norm of the map, an instance norm of each frequency row
+    layer = torch.nn.functional.group_norm(x, 1)
+    rows = torch.nn.functional.group_norm(x.transpose(1, 2), 16).transpose(1, 2)
+    torch.testing.assert_close(RelaxedFrequencyNorm(lam=0.3)(x), 0.3 * layer + 0.7 * rows, atol=1e-5, rtol=1e-4)
+    assert RelaxedFrequencyNorm()(x.to(memory_format=torch.channels_last)).shape == x.shape
     assert RelaxedFrequencyNorm()(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
