@@ -64,9 +64,19 @@ def _train(
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     if crash_at is not None:
         env.update(CRASH_AT_STEP=str(crash_at), CRASH_SIGNAL=crash_signal)
-    return run_console_script(
-        "amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra, cwd=root.parent, env=env
-    )
+    # A suite started in the background (`pytest &`, nohup) ignores SIGINT, and a child inherits that, so
+    # amir-train would leave Ctrl-C alone, as it should when started so. These runs stand for one started
+    # from a terminal: the child starts with the default disposition.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_console_script(
+            "amir-train", f"data.path={tiny_h5}", *RUN, f"paths.root_dir={root}", *extra, cwd=root.parent, env=env
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _last(root: Path) -> dict:
