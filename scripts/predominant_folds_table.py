@@ -58,11 +58,14 @@ def seed_figures(root: Path, task: str) -> list[float] | None:
     return [error, val["micro"]["f1"], val["lrap"], test["micro"]["f1"], test["lrap"], solo["top1_error"]]
 
 
+def _number(value: float, column: int) -> str:
+    return f"{100 * value:.1f}" if column in PERCENT else f"{value:.3f}"
+
+
 def _cell(values: list[float], column: int, expected: int) -> str:
-    scale, form = (100, "{:.1f}") if column in PERCENT else (1, "{:.3f}")
-    text = form.format(scale * mean(values)) + (" %" if column in PERCENT else "")
+    text = _number(mean(values), column) + (" %" if column in PERCENT else "")
     if len(values) > 1:
-        text += " (" + ", ".join(form.format(scale * v) for v in values) + ")"
+        text += " (" + ", ".join(_number(v, column) for v in values) + ")"
     if len(values) < expected:
         text += f" ({len(values)} of {expected} seeds)"
     return text
@@ -82,7 +85,7 @@ def table(families: list[str], seeds: list[str], tag: str = "", root: Path = Pat
             f"| `{family}` | " + " | ".join(_cell(list(v), i, len(seeds)) for i, v in enumerate(columns)) + " |"
         )
     if len(fold_means) == len(families):
-        means = [_cell([m[i] for m in fold_means], i, 1).split(" (")[0] for i in range(len(COLUMNS))]
+        means = [_cell([mean(m[i] for m in fold_means)], i, 1) for i in range(len(COLUMNS))]
         lines.append("| mean over the folds | " + " | ".join(means) + " |")
     else:
         lines.append(

@@ -223,9 +223,10 @@ def test_conv_norm_and_rfn_train_and_score_each_clip_alone(compose_cfg, tiny_h5,
         torch.testing.assert_close(exported(waveforms), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_checkpoints_from_before_conv_norm_load_as_the_thesis_net(checkpoint, tmp_path):
+def test_checkpoints_from_before_conv_norm_and_rfn_load_as_the_thesis_net(checkpoint, tmp_path):
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    saved["hyper_parameters"]["net"].pop("conv_norm", None)
+    for option in ("conv_norm", "rfn_after", "rfn_lambda"):  # what a checkpoint of before these options lacks
+        saved["hyper_parameters"]["net"].pop(option)
     old = tmp_path / "old.ckpt"
     torch.save(saved, old)
     x = torch.randn(3, 1, *load_checkpoint(checkpoint).hparams["input_shape"])
