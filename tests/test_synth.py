@@ -113,6 +113,32 @@ def test_missing_font_names_the_debian_package(compose_cfg, tmp_path):
         synth(cfg)
 
 
+@needs_font
+def test_a_soundfont_source_plays_its_own_programs_and_leaves_out_a_class_given_none(compose_cfg, tmp_path):
+    # conf/sources/generaluser.yaml: a font whose cello is another family's plays no cello, and one preset for vocals.
+    programs = "sources.TimGM6mb.programs={cello:[],vocals:[52],piano:[1]}"
+    rows = _manifest(_render(compose_cfg, tmp_path / "own", programs, "num_workers=1"))
+    labels = {row["label"] for row in rows}
+    assert "cello" not in labels and labels == set(CLASS_NAMES) - {"cello"}
+    assert {row["program"] for row in rows if row["label"] == "vocals"} == {"52"}
+    assert {row["program"] for row in rows if row["label"] == "piano"} == {"1"}
+    assert {row["program"] for row in rows if row["label"] == "organ"} <= {"16", "17", "18", "19"}  # the defaults
+
+
+@pytest.mark.parametrize(
+    ("programs", "message"),
+    [
+        ("{celo:[]}", r"sources.TimGM6mb.programs.celo: not a class"),
+        ("{cello:[300]}", r"sources.TimGM6mb.programs.cello=\[300\]: give General MIDI programs, 0-127"),
+    ],
+)
+def test_a_bad_programs_entry_is_one_clear_error(compose_cfg, tmp_path, programs, message):
+    from amir_pl.core.errors import AmirError
+
+    with pytest.raises(AmirError, match=message):
+        _render(compose_cfg, tmp_path / "bad", f"sources.TimGM6mb.programs={programs}")
+
+
 def test_phrases_stay_in_range_and_vary():
     import numpy as np
 

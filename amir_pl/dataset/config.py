@@ -59,6 +59,9 @@ class Source:
     path: str | None = None  # soundfont: the .sf2/.sf3 file
     root: str | None = None  # samples: the library's folder
     instruments: Any = None  # samples: class -> instruments (amir_pl/dataset/synth/samples.py)
+    programs: Any = (
+        None  # soundfont: class -> its General MIDI programs, in place of the defaults; [] leaves the class out
+    )
 
 
 @dataclass

@@ -115,6 +115,7 @@ class UsableSource:
     location: str  # the soundfont file or the library's folder
     classes: tuple[str, ...]
     instruments: dict | None = None  # samples: class -> instrument specs that were found
+    programs: dict | None = None  # soundfont: class -> General MIDI programs, where not the class's defaults
 
 
 _renderer = None
@@ -160,11 +161,11 @@ def render_part(
     instrument = INSTRUMENTS[label]
     frames = round(seconds * s["sample_rate"])
     if source.kind == "soundfont":
-        programs = [p for p in instrument.programs if _renderer.has_preset(source.location, instrument.bank, p)]
+        wanted = (source.programs or {}).get(label, instrument.programs)
+        programs = [p for p in wanted if _renderer.has_preset(source.location, instrument.bank, p)]
         if not programs:
             raise AmirError(
-                f"soundfont {source.location} has none of the {label} programs "
-                f"{list(instrument.programs)} (bank {instrument.bank})"
+                f"soundfont {source.location} has none of the {label} programs {list(wanted)} (bank {instrument.bank})"
             )
     else:
         # samples are read up to what the longest phrase of this kind (``longest``: clips or mixtures)
@@ -384,7 +385,7 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
         _check_source(name, spec)
         if spec.kind == "soundfont":
             if Path(spec.path).is_file():
-                usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, tuple(INSTRUMENTS))
+                usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, *_font_classes(spec))
             else:
                 missing_fonts[name] = spec
             continue
@@ -414,8 +415,14 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             sorted(missing_fonts),
         )
         for name, spec in missing_fonts.items():
-            usable[name] = UsableSource(name, spec.family, "soundfont", fallback, tuple(INSTRUMENTS))
+            usable[name] = UsableSource(name, spec.family, "soundfont", fallback, *_font_classes(spec))
     return usable
+
+
+def _font_classes(spec: DictConfig) -> tuple[tuple[str, ...], None, dict]:
+    """A soundfont source's classes, no sample instruments, and its programs where not the defaults."""
+    programs = {label: tuple(int(p) for p in spec.programs[label]) for label in spec.programs or {}}
+    return tuple(label for label in INSTRUMENTS if programs.get(label, True)), None, programs
 
 
 def _check_source(name: str, spec: DictConfig) -> None:
@@ -424,6 +431,13 @@ def _check_source(name: str, spec: DictConfig) -> None:
     if spec.kind == "soundfont":
         if not spec.path:
             raise AmirError(f"{where}.path: a soundfont source needs the path of its .sf2/.sf3 file")
+        for label, programs in (spec.programs or {}).items():
+            if label not in INSTRUMENTS:
+                raise AmirError(f"{where}.programs.{label}: not a class; the classes are {list(INSTRUMENTS)}")
+            if not all(isinstance(p, int) and 0 <= p <= 127 for p in programs):
+                raise AmirError(
+                    f"{where}.programs.{label}={list(programs)}: give General MIDI programs, 0-127 ([] leaves it out)"
+                )
         return
     if not spec.root or not spec.instruments:
         raise AmirError(f"{where}: a samples source needs root (its folder) and instruments ({{class: [...]}})")
