@@ -73,7 +73,7 @@ def test_app_options_are_checked_while_composing(compose_cfg, name, override, ch
     assert override.split("=")[0] in message and choices in message
 
 
-@pytest.mark.parametrize("layout", ["soundfonts", "families", "pool"])
+@pytest.mark.parametrize("layout", ["soundfonts", "families", "families_generaluser", "pool"])
 def test_every_family_a_layout_names_has_a_source_amir_synth_loads_by_default(compose_cfg, layout):
     cfg = compose_cfg("synth", [f"layout={layout}"])
     families = {source.family for source in cfg.sources.values()}

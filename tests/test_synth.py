@@ -156,6 +156,28 @@ def test_a_bad_programs_entry_is_one_clear_error(compose_cfg, tmp_path, programs
         _render(compose_cfg, tmp_path / "bad", f"sources.TimGM6mb.programs={programs}")
 
 
+def test_layout_families_generaluser_adds_training_clips_and_keeps_the_validation_and_test_clips(compose_cfg, tmp_path):
+    from amir_pl.dataset.synth.render import UsableSource, make_jobs
+
+    def jobs(*overrides):
+        cfg = compose_cfg("synth", [f"output={tmp_path}", "accompaniment.probability=0.5", *overrides])
+        families = {family for split in cfg.splits.values() for family in split.families}
+        kits = ("sonicpi", "hydrogen")  # drum kits; every other family plays every class here
+        sources = {
+            f: UsableSource(f, f, "soundfont", "/x.sf2", ("drums",) if f in kits else tuple(INSTRUMENTS))
+            for f in sorted(families)
+        }
+        return make_jobs(cfg, sources)
+
+    plain = jobs("layout=families", "clips_per_class=300")
+    added = jobs("layout=families_generaluser", "clips_per_class=405")
+    train = [job for job in added if job.split == "train"]
+    assert len(train) == 315 * len(CLASS_NAMES) and {job.family for job in train} >= {"fluid", "tonejs", "generaluser"}
+    per_family = [job for job in train if job.label == "piano"]
+    assert sum(job.family == "fluid" for job in per_family) == 105  # as many as layout=families gives fluid at 300
+    assert [job for job in added if job.split != "train"] == [job for job in plain if job.split != "train"]
+
+
 def test_phrases_stay_in_range_and_vary():
     import numpy as np
 
