@@ -385,7 +385,8 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
         _check_source(name, spec)
         if spec.kind == "soundfont":
             if Path(spec.path).is_file():
-                usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, *_font_classes(spec))
+                classes, programs = _font_programs(spec)
+                usable[name] = UsableSource(name, spec.family, "soundfont", spec.path, classes, programs=programs)
             elif spec.optional:
                 log.warning("source %s skipped: %s not found (%s)", name, spec.path, spec.install)
             else:
@@ -417,14 +418,15 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             sorted(missing_fonts),
         )
         for name, spec in missing_fonts.items():
-            usable[name] = UsableSource(name, spec.family, "soundfont", fallback, *_font_classes(spec))
+            classes, programs = _font_programs(spec)
+            usable[name] = UsableSource(name, spec.family, "soundfont", fallback, classes, programs=programs)
     return usable
 
 
-def _font_classes(spec: DictConfig) -> tuple[tuple[str, ...], None, dict]:
-    """A soundfont source's classes, no sample instruments, and its programs where not the defaults."""
+def _font_programs(spec: DictConfig) -> tuple[tuple[str, ...], dict]:
+    """A soundfont source's classes (all but those given no programs) and its programs where not the defaults."""
     programs = {label: tuple(int(p) for p in spec.programs[label]) for label in spec.programs or {}}
-    return tuple(label for label in INSTRUMENTS if programs.get(label, True)), None, programs
+    return tuple(label for label in INSTRUMENTS if programs.get(label) != ()), programs
 
 
 def _check_source(name: str, spec: DictConfig) -> None:
