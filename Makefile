@@ -91,10 +91,10 @@ mixtures: system-packages sources install
 # test clips of the held-out family (TRAIN_ARGS: more amir-train overrides, e.g. seed=1).
 # Three melodic families in training (layout=families_generaluser: fluid, tonejs and generaluser) at 405 clips
 # a class (315 for training, the 45 validation and 45 test clips of layout=families at 300) for 36 epochs:
-# lower validation error than 24 or 16 for every seed, at 2.25 times the training of 24 epochs of
+# lower validation error than 24 for every seed (than 16 for three of four), at 2.25 times the training of 24 epochs of
 # layout=families at 300 (docs/results.md, "Predominant instruments"). make quickstart trains QUICKSTART_EPOCHS,
-# 16: those steps, its 12 minutes. PREDOMINANT_LAYOUT=families PREDOMINANT_CLIPS=300 PREDOMINANT_EPOCHS=24: the
-# recipe before 2026-12-07.
+# 16: those steps, its 12 minutes. PREDOMINANT_LAYOUT=families PREDOMINANT_CLIPS=300 PREDOMINANT_EPOCHS=24 (for
+# make quickstart QUICKSTART_EPOCHS=24): the recipe before 2026-12-07.
 ACCOMPANIMENT ?= 0.5
 PREDOMINANT_TAG ?=
 PREDOMINANT_TASK ?= predominant$(PREDOMINANT_TAG)
