@@ -249,3 +249,22 @@ def test_eval_classes_restrict_the_scored_classes_and_han_is_taken_over_them(
     assert all(max(float(r[name]) for name in ("cello", "flute", "piano")) == 1.0 for r in rows)
     with pytest.raises(AmirError, match=r"eval_classes=\['piano', 'cla'\]: \['clarinet'\]; the model's classes"):
         run(compose_cfg, checkpoint, f"inputs={val}", "eval_classes=[piano,cla]")
+
+
+def test_an_ensemble_of_checkpoints_averages_their_file_scores_and_names_them(
+    compose_cfg, checkpoint, val_and_test, tmp_path
+):
+    from test_predict import _changed_copy
+
+    _, test = val_and_test
+    other = _changed_copy(checkpoint, tmp_path / "other.ckpt", noise_seed=1)
+    scores, named = {}, {"first": [str(checkpoint)], "other": [str(other)], "both": [str(checkpoint), str(other)]}
+    for name, ckpt in (("first", checkpoint), ("other", other), ("both", f"[{checkpoint},{other}]")):
+        summary = run(compose_cfg, ckpt, f"inputs={test}", "aggregation=mean", "threshold=0.5")["test"]
+        with open(tmp_path / "per_file.csv") as f:
+            scores[name] = np.array([[float(row[c]) for c in CLASSES] for row in csv.DictReader(f)])
+        assert summary["checkpoints"] == named[name]
+    assert np.abs(scores["first"] - scores["other"]).max() > 1e-3
+    np.testing.assert_allclose(scores["both"], (scores["first"] + scores["other"]) / 2, atol=2e-4)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["checkpoints"] == [str(checkpoint), str(other)]

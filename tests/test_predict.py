@@ -190,3 +190,45 @@ def test_timeline_rows_are_classes_columns_windows_and_silent_windows_stay_blank
     labels = [tick.get_text() for tick in axis.get_yticklabels()]
     assert labels == [f"a  {scores[0]:.2f}", f"b  {scores[1]:.2f}", f"c  {scores[2]:.2f}"]
     assert axis.get_title() == "take.wav: a, b, c"
+
+
+def _changed_copy(checkpoint, path, noise_seed=None, **hyper_parameters):
+    """A copy of ``checkpoint`` with its weights moved by a little noise and/or hyperparameters replaced."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if noise_seed is not None:
+        generator = torch.Generator().manual_seed(noise_seed)
+        for name, value in saved["state_dict"].items():
+            if value.is_floating_point():
+                saved["state_dict"][name] = value + 0.05 * torch.randn(value.shape, generator=generator)
+    saved["hyper_parameters"].update(hyper_parameters)
+    torch.save(saved, path)
+    return path
+
+
+def test_an_ensemble_scores_each_window_with_the_mean_of_its_checkpoints_scores(
+    compose_cfg, checkpoint, audio_files, tmp_path
+):
+    other = _changed_copy(checkpoint, tmp_path / "other.ckpt", noise_seed=0)
+    wav = audio_files["ten_seconds_16k"]
+    windows = {}
+    for name, ckpt in (("first", checkpoint), ("other", other), ("both", f"[{checkpoint},{other}]")):
+        (row,) = run_predict(compose_cfg, ckpt, str(wav), "timeline=true", "hop_seconds=1.0")
+        windows[name] = np.array(row["window_probabilities"])
+    assert np.abs(windows["first"] - windows["other"]).max() > 1e-3  # two different models
+    np.testing.assert_allclose(windows["both"], (windows["first"] + windows["other"]) / 2, atol=1e-4)
+    np.testing.assert_allclose(windows["both"].sum(axis=1), 1.0, atol=1e-4)  # still a softmax per window
+    (row,) = run_predict(compose_cfg, f"[{checkpoint}]", str(wav), "timeline=true", "hop_seconds=1.0")
+    np.testing.assert_allclose(np.array(row["window_probabilities"]), windows["first"], atol=1e-6)  # a list of one
+
+
+def test_an_ensemble_refuses_checkpoints_that_answer_differently(compose_cfg, checkpoint, audio_files, tmp_path):
+    names = list(load_checkpoint(checkpoint).hparams["class_names"])
+    shuffled = _changed_copy(checkpoint, tmp_path / "shuffled.ckpt", class_names=names[::-1])
+    wav = str(audio_files["three_seconds"])
+    with pytest.raises(AmirError, match=r"shuffled.ckpt differs from .* in its class_names"):
+        run_predict(compose_cfg, f"[{checkpoint},{shuffled}]", wav)
+    sigmoid = _changed_copy(checkpoint, tmp_path / "sigmoid.ckpt", objective="sigmoid")
+    with pytest.raises(AmirError, match=r"sigmoid.ckpt differs from .* in its objective"):
+        run_predict(compose_cfg, f"[{checkpoint},{sigmoid}]", wav)
+    with pytest.raises(AmirError, match=r"ckpt_path=\[\]"):
+        run_predict(compose_cfg, "[]", wav)

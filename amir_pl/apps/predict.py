@@ -2,6 +2,7 @@
 
 amir-predict ckpt_path=outputs/train/<run>/checkpoints/last.ckpt inputs=[song.wav,recordings/]
 amir-predict ckpt_path=... inputs=take.flac hop_seconds=0.75 aggregation=vote top_k=5 timeline=true
+amir-predict ckpt_path=[seed1/best.ckpt,seed2/best.ckpt] inputs=song.wav   # an ensemble: scores averaged
 """
 
 from __future__ import annotations

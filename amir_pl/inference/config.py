@@ -20,7 +20,7 @@ class Aggregation(StrEnum):
 @dataclass
 class PredictConfig:
     task_name: str = MISSING
-    ckpt_path: str = MISSING
+    ckpt_path: Any = MISSING  # a checkpoint, or a list of them (their scores averaged)
     inputs: Any = MISSING  # a file or folder, or a list of them
     hop_seconds: float = MISSING
     aggregation: Aggregation = MISSING
@@ -44,7 +44,7 @@ class UnknownLabels(StrEnum):
 @dataclass
 class EvaluateRecordingsConfig:
     task_name: str = MISSING
-    ckpt_path: str = MISSING
+    ckpt_path: Any = MISSING  # a checkpoint, or a list of them (their scores averaged)
     inputs: Any = MISSING  # labelled recordings: folders, audio files with .txt beside, manifest CSVs
     val_inputs: Any = MISSING  # null, or a validation list in the same forms
     unknown_labels: UnknownLabels = MISSING

@@ -111,9 +111,10 @@ def _probe_all(files: list[Path], settings: ClipSettings, results: list[FileResu
 
 @dataclass
 class Scorer:
-    """A checkpoint ready to score windows of recordings: its net on the device, its front end."""
+    """One checkpoint, or several averaged (an ensemble), ready to score windows of recordings: the
+    nets on the device, the front end they share."""
 
-    net: torch.nn.Module
+    nets: list[torch.nn.Module]
     class_names: list[str]
     features: FeatureParams
     settings: ClipSettings
@@ -121,21 +122,56 @@ class Scorer:
     batch_size: int
     precision: str  # the forward pass runs in Lightning's autocast for a "-mixed" precision
     objective: str = "softmax"  # softmax: one instrument, scores sum to 1 | sigmoid: each class scored on its own
+    checkpoints: list[str] = field(default_factory=list)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return class_scores(logits, self.objective)
 
+    def window_scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """The class scores of a batch of windows: each net's, averaged over the nets."""
+        return torch.stack([self.scores(net(batch).float()) for net in self.nets]).mean(0)
+
+
+def checkpoint_paths(option) -> list[str]:
+    """``ckpt_path``: one checkpoint, or a list of them whose scores are averaged."""
+    paths = [str(option)] if isinstance(option, (str, Path)) else [str(path) for path in option or []]
+    if not paths:
+        raise AmirError("ckpt_path=[]: give a checkpoint, or a list of checkpoints to average")
+    return paths
+
+
+def _same_model_kind(modules, paths) -> None:
+    """An ensemble averages scores class by class: every member must read the same front end and
+    answer the same classes with the same kind of output as the first."""
+    first = modules[0]
+    for path, module in zip(paths[1:], modules[1:]):
+        for what, mine, theirs in (
+            ("class_names", list(first.hparams["class_names"]), list(module.hparams["class_names"])),
+            ("objective", first.objective, module.objective),
+            ("features", dict(first.hparams.get("features") or {}), dict(module.hparams.get("features") or {})),
+            ("input_shape", list(first.hparams["input_shape"]), list(module.hparams["input_shape"])),
+        ):
+            if mine != theirs:
+                raise AmirError(
+                    f"ckpt_path: {path} differs from {paths[0]} in its {what} ({theirs} against {mine}); "
+                    "an ensemble averages checkpoints trained on the same classes, front end and objective"
+                )
+
 
 def load_scorer(cfg: DictConfig) -> Scorer:
-    """The checkpoint ``cfg.ckpt_path`` with the window options of amir-predict's config (hop_seconds,
-    rms_threshold, device, batch_size); amir-evaluate-recordings shares them."""
-    module = load_checkpoint(cfg.ckpt_path)
+    """The checkpoint ``cfg.ckpt_path`` (or the checkpoints, averaged) with the window options of
+    amir-predict's config (hop_seconds, rms_threshold, device, batch_size); amir-evaluate-recordings
+    shares them."""
+    paths = checkpoint_paths(cfg.ckpt_path)
+    modules = [load_checkpoint(path) for path in paths]
+    module = modules[0]
     stored = module.hparams.get("features") or {}
     if set(FEATURE_ATTRS) - set(stored):
         raise AmirError(
-            f"ckpt_path={cfg.ckpt_path}: the checkpoint lacks the front-end parameters "
+            f"ckpt_path={paths[0]}: the checkpoint lacks the front-end parameters "
             f"{sorted(set(FEATURE_ATTRS) - set(stored))}; train it with amir-train"
         )
+    _same_model_kind(modules, paths)
     features = FeatureParams.from_mapping(stored)
     hop = round(float(cfg.hop_seconds) * features.sample_rate)
     if hop <= 0:
@@ -145,15 +181,21 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
-    precision, why = scoring_precision(cfg.get("precision"), module.trained_precision, device.type)
+    chosen = [scoring_precision(cfg.get("precision"), m.trained_precision, device.type) for m in modules]
+    if len({precision for precision, _ in chosen}) > 1:
+        raise AmirError(
+            f"ckpt_path: the checkpoints would be scored in different precisions "
+            f"({sorted({precision for precision, _ in chosen})}); choose one for all, e.g. precision=32-true"
+        )
+    precision, why = chosen[0]
     log.info("precision %s (%s) on %s", precision, why, device)
     # channels_last: faster convolutions on a CPU (docs/performance.md, "Measurements behind the code").
-    net = module.net.to(device, memory_format=torch.channels_last).eval()
-    first_conv = next(layer for layer in net.modules() if isinstance(layer, torch.nn.Conv2d))
+    nets = [m.net.to(device, memory_format=torch.channels_last).eval() for m in modules]
+    first_conv = next(layer for layer in nets[0].modules() if isinstance(layer, torch.nn.Conv2d))
     window_bytes = first_conv.out_channels * math.prod(module.hparams["input_shape"]) * 4  # float32, "same" padding
     settings = ClipSettings(features, silence_gate(cfg.rms_threshold, stored), hop_samples=hop, pad_short=True)
     return Scorer(
-        net,
+        nets,
         list(module.hparams["class_names"]),
         features,
         settings,
@@ -161,6 +203,7 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         _batch_size(cfg.batch_size, device, window_bytes, last_level_cache_bytes()),
         precision,
         module.objective,
+        paths,
     )
 
 
@@ -185,9 +228,7 @@ def score_windows(
                 batch = torch.from_numpy(windows.mels[start : start + scorer.batch_size]).unsqueeze(1)
                 batch = batch.to(scorer.device, memory_format=torch.channels_last)
                 with torch.inference_mode(), autocast(scorer.device, scorer.precision):
-                    probabilities[windows.task.file_index].append(
-                        scorer.scores(scorer.net(batch).float()).cpu().numpy()
-                    )
+                    probabilities[windows.task.file_index].append(scorer.window_scores(batch).cpu().numpy())
     bar.close()
     for index, result in enumerate(results):
         if result.status == "error" and not probabilities[index]:
@@ -216,6 +257,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         if pictures:
             print(f"timelines: {len(pictures)} PNG files in {run_dir / 'timelines'}")
     _print_table(rows)
+    if len(scorer.nets) > 1:
+        print(f"scores: the mean of {len(scorer.nets)} checkpoints' scores (an ensemble)")
     if scorer.objective == "sigmoid":
         print("scores: a sigmoid per class (each instrument present or not on its own; they do not sum to 1)")
     print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")

@@ -321,6 +321,7 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
             threshold_chosen_on=chosen_on,
             aggregation=rule,
             model_output=scorer.objective,
+            checkpoints=scorer.checkpoints,  # more than one: their window scores averaged (an ensemble)
             hop_seconds=float(cfg.hop_seconds),
             windows=scored.windows,
             unknown_labels={"policy": str(cfg.unknown_labels), "outside_classes": dict(scored.outside)},
