@@ -215,8 +215,9 @@ def test_an_ensemble_scores_each_window_with_the_mean_of_its_checkpoints_scores(
         (row,) = run_predict(compose_cfg, ckpt, str(wav), "timeline=true", "hop_seconds=1.0")
         windows[name] = np.array(row["window_probabilities"])
     assert np.abs(windows["first"] - windows["other"]).max() > 1e-3  # two different models
-    np.testing.assert_allclose(windows["both"], (windows["first"] + windows["other"]) / 2, atol=1e-4)
-    np.testing.assert_allclose(windows["both"].sum(axis=1), 1.0, atol=1e-4)  # still a softmax per window
+    # the reports round each score to 4 decimals
+    np.testing.assert_allclose(windows["both"], (windows["first"] + windows["other"]) / 2, atol=2e-4)
+    np.testing.assert_allclose(windows["both"].sum(axis=1), 1.0, atol=5e-4)  # still a softmax per window
     (row,) = run_predict(compose_cfg, f"[{checkpoint}]", str(wav), "timeline=true", "hop_seconds=1.0")
     np.testing.assert_allclose(np.array(row["window_probabilities"]), windows["first"], atol=1e-6)  # a list of one
 
@@ -230,5 +231,38 @@ def test_an_ensemble_refuses_checkpoints_that_answer_differently(compose_cfg, ch
     sigmoid = _changed_copy(checkpoint, tmp_path / "sigmoid.ckpt", objective="sigmoid")
     with pytest.raises(AmirError, match=r"sigmoid.ckpt differs from .* in its objective"):
         run_predict(compose_cfg, f"[{checkpoint},{sigmoid}]", wav)
+    features = {**load_checkpoint(checkpoint).hparams["features"], "f_min": 30.0}
+    other_front_end = _changed_copy(checkpoint, tmp_path / "front_end.ckpt", features=features)
+    with pytest.raises(AmirError, match=r"front_end.ckpt differs from .* in its features"):
+        run_predict(compose_cfg, f"[{checkpoint},{other_front_end}]", wav)
     with pytest.raises(AmirError, match=r"ckpt_path=\[\]"):
         run_predict(compose_cfg, "[]", wav)
+    with pytest.raises(AmirError, match="ckpt_path=null"):
+        run_predict(compose_cfg, "null", wav)
+    with pytest.raises(AmirError, match="no such file"):  # a value Hydra reads as a number is still a path
+        run_predict(compose_cfg, "123", wav)
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in net answering the same logits for every window."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, batch):
+        return self.logits.expand(len(batch), -1)
+
+
+@pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
+def test_an_ensemble_averages_the_members_scores_not_their_logits(objective):
+    from amir_pl.inference.predict import Scorer
+
+    first, second = [4.0, 0.0, -2.0], [-3.0, 1.0, 2.0]
+    scorer = Scorer([_Fixed(first), _Fixed(second)], ["a", "b", "c"], None, None, torch.device("cpu"), 8, "32-true")
+    scorer.objective = objective
+    activate = (lambda x: torch.softmax(x, 0)) if objective == "softmax" else torch.sigmoid
+    expected = (activate(torch.tensor(first)) + activate(torch.tensor(second))) / 2
+    got = scorer.window_scores(torch.zeros(2, 1, 4, 4))
+    torch.testing.assert_close(got, expected.expand(2, -1))
+    assert not torch.allclose(got[0], activate((torch.tensor(first) + torch.tensor(second)) / 2), atol=1e-2)

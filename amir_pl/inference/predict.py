@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
 from amir_pl.core.errors import AmirError
@@ -134,7 +134,10 @@ class Scorer:
 
 def checkpoint_paths(option) -> list[str]:
     """``ckpt_path``: one checkpoint, or a list of them whose scores are averaged."""
-    paths = [str(option)] if isinstance(option, (str, Path)) else [str(path) for path in option or []]
+    if option is None:
+        raise AmirError("ckpt_path=null: give a checkpoint (.ckpt in a run's checkpoints/ folder), or a list of them")
+    listed = isinstance(option, (list, tuple, ListConfig))
+    paths = [str(path) for path in option] if listed else [str(option)]
     if not paths:
         raise AmirError("ckpt_path=[]: give a checkpoint, or a list of checkpoints to average")
     return paths
