@@ -9,7 +9,7 @@ from test_prepare import write_tone
 from amir_pl.core.errors import AmirError
 from amir_pl.features.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.features.params import FeatureParams
-from amir_pl.inference.predict import _batch_size, aggregate, last_level_cache_bytes, predict
+from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict
 from amir_pl.training.module import load_checkpoint
 
 
@@ -256,11 +256,9 @@ class _Fixed(torch.nn.Module):
 
 @pytest.mark.parametrize("objective", ["softmax", "sigmoid"])
 def test_an_ensemble_averages_the_members_scores_not_their_logits(objective):
-    from amir_pl.inference.predict import Scorer
-
     first, second = [4.0, 0.0, -2.0], [-3.0, 1.0, 2.0]
-    scorer = Scorer([_Fixed(first), _Fixed(second)], ["a", "b", "c"], None, None, torch.device("cpu"), 8, "32-true")
-    scorer.objective = objective
+    nets = [_Fixed(first), _Fixed(second)]
+    scorer = Scorer(nets, ["a", "b", "c"], None, None, torch.device("cpu"), 8, "32-true", objective=objective)
     activate = (lambda x: torch.softmax(x, 0)) if objective == "softmax" else torch.sigmoid
     expected = (activate(torch.tensor(first)) + activate(torch.tensor(second))) / 2
     got = scorer.window_scores(torch.zeros(2, 1, 4, 4))

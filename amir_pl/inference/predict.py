@@ -185,10 +185,10 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
     chosen = [scoring_precision(cfg.get("precision"), m.trained_precision, device.type) for m in modules]
-    if len({precision for precision, _ in chosen}) > 1:
+    if len(precisions := {precision for precision, _ in chosen}) > 1:
         raise AmirError(
-            f"ckpt_path: the checkpoints would be scored in different precisions "
-            f"({sorted({precision for precision, _ in chosen})}); choose one for all, e.g. precision=32-true"
+            f"ckpt_path: the checkpoints would be scored in different precisions ({sorted(precisions)}); "
+            "choose one for all, e.g. precision=32-true"
         )
     precision, why = chosen[0]
     log.info("precision %s (%s) on %s", precision, why, device)
