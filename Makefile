@@ -88,7 +88,8 @@ mixtures: system-packages sources install
 # and MIXTURES validation (lmms) and test (tim) mixtures, the make mixtures ones; prepared from the
 # manifest (its multi-hot targets); experiment=predominant; the threshold chosen on the validation
 # mixtures, the test-family mixtures scored the IRMAS way; then both figures, mixtures and the solo
-# test clips of the held-out family (TRAIN_ARGS: more amir-train overrides, e.g. seed=1).
+# test clips of the held-out family (TRAIN_ARGS: more amir-train overrides, e.g. seed=1; SYNTH_ARGS: more
+# amir-synth overrides, e.g. another family in training, docs/data.md, "Sources").
 # Three melodic families in training (layout=families_generaluser: fluid, tonejs and generaluser) at 405 clips
 # a class (315 for training, the 45 validation and 45 test clips of layout=families at 300) for 36 epochs:
 # lower validation error than 24 for every seed (than 16 for three of four), at 2.25 times the training of 24 epochs of
@@ -97,6 +98,7 @@ mixtures: system-packages sources install
 # make quickstart QUICKSTART_EPOCHS=24): the recipe before 2026-12-07.
 ACCOMPANIMENT ?= 0.5
 PREDOMINANT_TAG ?=
+SYNTH_ARGS ?=
 PREDOMINANT_TASK ?= predominant$(PREDOMINANT_TAG)
 PREDOMINANT_LAYOUT ?= families_generaluser
 PREDOMINANT_CLIPS ?= 405
@@ -104,7 +106,8 @@ PREDOMINANT_EPOCHS ?= 36
 QUICKSTART_EPOCHS ?= 16
 predominant: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/predominant clips_per_class=$(PREDOMINANT_CLIPS) layout=$(PREDOMINANT_LAYOUT) \
-	  overwrite=true accompaniment.probability=$(ACCOMPANIMENT) mixtures.count=$(MIXTURES) 'mixtures.splits=[val,test]'
+	  overwrite=true accompaniment.probability=$(ACCOMPANIMENT) mixtures.count=$(MIXTURES) 'mixtures.splits=[val,test]' \
+	  $(SYNTH_ARGS)
 	$(BIN)/amir-prepare source=$(DATA)/predominant/manifest.csv output=$(DATA)/predominant.h5 overwrite=true
 	$(BIN)/amir-train data.path=$(DATA)/predominant.h5 experiment=predominant task_name=$(PREDOMINANT_TASK) \
 	  trainer.max_epochs=$(PREDOMINANT_EPOCHS) $(TRAIN_ARGS)
@@ -181,7 +184,8 @@ transfer: system-packages sources install
 # mixtures (the folds as before 2026-12-07: PREDOMINANT_LAYOUT=families PREDOMINANT_CLIPS=300
 # PREDOMINANT_EPOCHS=24 FOLD_TRAIN_FAMILIES=sonicpi,hydrogen). The table
 # (scripts/predominant_folds_table.py) gives the validation figures a change is chosen on and the test
-# figures, mean and every seed. TRAIN_ARGS and LOFO_TAG as for make transfer (outputs/pfold_<family><tag>_seed<seed>/).
+# figures, mean and every seed. TRAIN_ARGS and LOFO_TAG as for make transfer (outputs/pfold_<family><tag>_seed<seed>/),
+# SYNTH_ARGS as for make predominant (a family added to FOLD_TRAIN_FAMILIES must be in its sources).
 PREDOMINANT_FOLDS ?= $(TRANSFER_FOLDS)
 PREDOMINANT_SEEDS ?= 12345 1
 MELODIC_FAMILIES ?= fluid tim tonejs lmms
@@ -192,7 +196,7 @@ predominant-folds: system-packages sources install
 	  train=$$(for f in $(MELODIC_FAMILIES); do [ $$f = $$test ] || [ $$f = $$val ] || printf '%s,' $$f; done)$(FOLD_TRAIN_FAMILIES); \
 	  $(BIN)/amir-synth output=$$out clips_per_class=$(PREDOMINANT_CLIPS) layout=$(PREDOMINANT_LAYOUT) overwrite=true progress=false \
 	    accompaniment.probability=$(ACCOMPANIMENT) mixtures.count=$(MIXTURES) 'mixtures.splits=[val,test]' \
-	    "splits.train.families=[$$train]" "splits.val.families=[$$val]" "splits.test.families=[$$test]" || exit 1; \
+	    "splits.train.families=[$$train]" "splits.val.families=[$$val]" "splits.test.families=[$$test]" $(SYNTH_ARGS) || exit 1; \
 	  $(BIN)/amir-prepare source=$$out/manifest.csv output=$$out.h5 overwrite=true progress=false || exit 1; \
 	  for seed in $(PREDOMINANT_SEEDS); do \
 	    task=pfold_$${test}$(LOFO_TAG)_seed$$seed; \
