@@ -185,7 +185,8 @@ transfer: system-packages sources install
 # PREDOMINANT_EPOCHS=24 FOLD_TRAIN_FAMILIES=sonicpi,hydrogen). The table
 # (scripts/predominant_folds_table.py) gives the validation figures a change is chosen on and the test
 # figures, mean and every seed. TRAIN_ARGS and LOFO_TAG as for make transfer (outputs/pfold_<family><tag>_seed<seed>/),
-# SYNTH_ARGS as for make predominant (a family added to FOLD_TRAIN_FAMILIES must be in its sources).
+# SYNTH_ARGS as for make predominant (a family added to FOLD_TRAIN_FAMILIES must also be in amir-synth's sources,
+# e.g. SYNTH_ARGS="'sources=[fluid,tim,tonejs,lmms,sonicpi,hydrogen,generaluser,sonivox]'").
 PREDOMINANT_FOLDS ?= $(TRANSFER_FOLDS)
 PREDOMINANT_SEEDS ?= 12345 1
 MELODIC_FAMILIES ?= fluid tim tonejs lmms
