@@ -15,8 +15,11 @@ def summary(train_run: Path, mixtures_run: Path) -> str:
     solo = json.loads((train_run / "metrics.json").read_text())["test"]
     mixtures = json.loads((mixtures_run / "metrics.json").read_text())
     test, val = mixtures["test"], mixtures.get("val")
+    warps = test.get("tta_semitones")
     lines = [
-        f"mixtures of the test family ({test['n']} files, {test['aggregation']} of {test['model_output']} scores, "
+        f"mixtures of the test family ({test['n']} files, {test['aggregation']} of {test['model_output']} scores"
+        + (f" over windows warped by {warps} semitones" if warps else "")
+        + ", "
         f"threshold {test['threshold']:.2f} chosen on {val['n'] if val else 0} validation mixtures): "
         f"micro F1 {test['micro']['f1']:.3f}, macro F1 {test['macro']['f1']:.3f}, LRAP {test['lrap']:.3f}",
         f"solo clips of the test family ({solo['n']} clips): top-1 error {solo['top1_error']:.1%}, "

@@ -9,7 +9,7 @@ from test_prepare import write_tone
 from amir_pl.core.errors import AmirError
 from amir_pl.features.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.features.params import FeatureParams
-from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict
+from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict, tta_warps
 from amir_pl.training.module import load_checkpoint
 
 
@@ -264,3 +264,26 @@ def test_an_ensemble_averages_the_members_scores_not_their_logits(objective):
     got = scorer.window_scores(torch.zeros(2, 1, 4, 4))
     torch.testing.assert_close(got, expected.expand(2, -1))
     assert not torch.allclose(got[0], activate((torch.tensor(first) + torch.tensor(second)) / 2), atol=1e-2)
+
+
+class _Trained:
+    def __init__(self, augment):
+        self.hparams = {"augment": augment}
+
+
+def test_test_time_warps_auto_span_the_pitch_range_a_checkpoint_was_trained_with(checkpoint):
+    assert tta_warps("auto", [_Trained({"pitch_semitones": 2.0})]) == (-2.0, -1.0, 0.0, 1.0, 2.0)
+    assert tta_warps("auto", [_Trained({"pitch_semitones": 4.0}), _Trained({"pitch_semitones": 2.0})]) == (
+        -2.0,
+        -1.0,
+        0.0,
+        1.0,
+        2.0,
+    )  # an ensemble: the smallest range of its members
+    assert tta_warps("auto", [_Trained(None)]) == ()  # experiment=paper: no augmentation, no warps
+    assert tta_warps("auto", [_Trained({"pitch_semitones": 0.0})]) == ()
+    assert tta_warps("auto", [load_checkpoint(checkpoint)]) == ()  # the default recipe trains without pitch warps
+    assert tta_warps([-1, 0, 1], [_Trained(None)]) == (-1.0, 0.0, 1.0)  # a list is used as given
+    assert tta_warps([], [_Trained({"pitch_semitones": 2.0})]) == tta_warps([0], []) == tta_warps(None, []) == ()
+    with pytest.raises(AmirError, match="a list of numbers"):
+        tta_warps(["up"], [])

@@ -24,7 +24,7 @@ from amir_pl.features.params import FeatureParams
 from amir_pl.inference.export import export, load_exported
 from amir_pl.inference.predict import predict
 from amir_pl.inference.recordings import evaluate_recordings
-from amir_pl.training.augment import BatchAugment
+from amir_pl.training.augment import BatchAugment, mel_centres, warp_mel_axis
 from amir_pl.training.baseline import mfcc_statistics
 from amir_pl.training.data import H5ClipDataset
 from amir_pl.training.module import AmirModule, load_checkpoint
@@ -319,6 +319,7 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     with torch.no_grad():
         torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
     overrides = [f"ckpt_path={ckpt}", f"inputs={wav}", "num_workers=1", "aggregation=mean", "hop_seconds=100"]
+    overrides.append("tta_semitones=[]")  # the net's own scores, as the exported model gives them
     (row,) = predict(compose_cfg("predict", overrides))
     assert row["model_output"] == "sigmoid" and row["top1_score"] == pytest.approx(float(direct.max()), abs=1e-4)
     (wav.with_suffix(".txt")).write_text("flute\n")
@@ -338,6 +339,43 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     lines = script.summary(run, tmp_path).splitlines()
     assert f"micro F1 {summary['micro']['f1']:.3f}" in lines[0] and "mean of sigmoid scores" in lines[0]
     assert f"top-1 error {solo['top1_error']:.1%}" in lines[1] and lines[-1] == f"runs: {run} {tmp_path}"
+
+
+def test_test_time_warps_follow_the_checkpoints_pitch_training_and_average_the_warped_windows(
+    sigmoid_run, compose_cfg, tmp_path
+):
+    run, _, _ = sigmoid_run
+    (ckpt,) = (run / "checkpoints").glob("epoch*.ckpt")
+    module = load_checkpoint(ckpt).eval()
+    assert module.hparams["augment"]["pitch_semitones"] == 2.0  # experiment=predominant
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    wav = write_tone(tmp_path / "tone.wav", features.clip_samples / features.sample_rate, features.sample_rate, 440.0)
+    waveform = torch.from_numpy(sf.read(str(wav), dtype="float32")[0][: features.clip_samples])[None]
+    mel = MelFrontEnd(features)(waveform)  # (1, n_mels, frames), power
+    db = 10 * torch.log10(mel.clamp_min(1e-10))
+    centres = mel_centres(features.as_dict())
+    with torch.no_grad():
+        by_warp = {
+            s: torch.sigmoid(module.net(10 ** (warp_mel_axis(db, centres, torch.full((1, 1), s)) / 10)))[0]
+            for s in (-2.0, -1.0, 0.0, 1.0, 2.0)
+        }
+    expected = torch.stack(list(by_warp.values())).mean(0)
+    assert (by_warp[2.0] - by_warp[0.0]).abs().max() > 1e-4  # the warps change what the net answers
+    base = [f"ckpt_path={ckpt}", f"inputs={wav}", "num_workers=1", "aggregation=mean", "hop_seconds=100"]
+    scores = {}
+    for option in ("auto", "[-2,-1,0,1,2]", "[]"):
+        (row,) = predict(compose_cfg("predict", [*base, f"tta_semitones={option}"]))
+        scores[option] = torch.tensor([row["scores"]["mean"][name] for name in module.class_names])
+    torch.testing.assert_close(scores["auto"], expected, atol=2e-4, rtol=0)  # auto: -2, -1, 0, 1, 2 for +-2
+    torch.testing.assert_close(scores["[-2,-1,0,1,2]"], scores["auto"], atol=0, rtol=0)
+    torch.testing.assert_close(scores["[]"], by_warp[0.0], atol=2e-4, rtol=0)
+    (wav.with_suffix(".txt")).write_text("flute\n")
+    summary = evaluate_recordings(compose_cfg("evaluate_recordings", [*base, "threshold=0.5", "progress=false"]))
+    assert summary["test"]["tta_semitones"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(AmirError, match="tta_semitones=often: expected auto"):
+        predict(compose_cfg("predict", [*base, "tta_semitones=often"]))
+    with pytest.raises(AmirError, match="beyond an octave"):
+        predict(compose_cfg("predict", [*base, "tta_semitones=[0,24]"]))
 
 
 def test_the_predominant_folds_table_reads_each_seeds_newest_runs_and_averages(tmp_path):

@@ -23,6 +23,7 @@ class PredictConfig:
     ckpt_path: Any = MISSING  # a checkpoint, or a list of them (their scores averaged)
     inputs: Any = MISSING  # a file or folder, or a list of them
     hop_seconds: float = MISSING
+    tta_semitones: Any = MISSING  # auto (from the checkpoint's training pitch warps) | a list of semitones | []
     aggregation: Aggregation = MISSING
     top_k: int = MISSING
     timeline: bool = MISSING
@@ -53,6 +54,7 @@ class EvaluateRecordingsConfig:
     threshold: Any = MISSING  # a number in (0, 1), or "val"
     sweep_thresholds: list[float] = MISSING
     hop_seconds: float = MISSING
+    tta_semitones: Any = MISSING  # auto (from the checkpoint's training pitch warps) | a list of semitones | []
     rms_threshold: float | None = MISSING
     batch_size: Any = MISSING
     num_workers: int = MISSING

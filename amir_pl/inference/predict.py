@@ -3,7 +3,9 @@
 Each file is cut into 3 s windows every ``hop_seconds`` with the front end of
 amir-prepare (resampling, RMS gate, mel; its parameters come from the
 checkpoint), windows under the gate are counted as silent, the net scores the
-rest in batches, and the window probabilities are aggregated per file.
+rest in batches (each window also warped along its mel axis by a few semitones, test-time
+augmentation, where the checkpoint was trained with pitch warping: ``tta_semitones``), and the
+window probabilities are aggregated per file.
 Writes predictions.csv and predictions.json into the run directory, and with ``timeline=true`` a
 PNG per file of the class probabilities over time.
 """
@@ -30,6 +32,7 @@ from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
 from amir_pl.inference.config import Aggregation
 from amir_pl.inference.plots import plot_timeline
+from amir_pl.training.augment import AMIN, mel_centres, warp_mel_axis
 from amir_pl.training.module import class_scores, load_checkpoint
 from amir_pl.training.precision import autocast, scoring_precision
 
@@ -123,13 +126,29 @@ class Scorer:
     precision: str  # the forward pass runs in Lightning's autocast for a "-mixed" precision
     objective: str = "softmax"  # softmax: one instrument, scores sum to 1 | sigmoid: each class scored on its own
     checkpoints: list[str] = field(default_factory=list)
+    tta_semitones: tuple[float, ...] = ()  # each window also scored warped by these (tta_warps); (): off
+    mel_centres: torch.Tensor | None = None  # Hz of each mel band, for the warps
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return class_scores(logits, self.objective)
 
     def window_scores(self, batch: torch.Tensor) -> torch.Tensor:
-        """The class scores of a batch of windows: each net's, averaged over the nets."""
-        return torch.stack([self.scores(net(batch).float()) for net in self.nets]).mean(0)
+        """The class scores of a batch of windows (batch, 1, n_mels, frames): each net's, for each
+        warp of ``tta_semitones``, averaged over the nets and the warps."""
+        views = [self.warped(batch, semitones) for semitones in self.tta_semitones] or [batch]
+        return torch.stack([self.scores(net(view).float()) for net in self.nets for view in views]).mean(0)
+
+    def warped(self, batch: torch.Tensor, semitones: float) -> torch.Tensor:
+        """The windows with their mel axis warped by ``semitones`` (the training augmentation's warp),
+        in the scale they came in (power or decibels, as the checkpoint's dataset)."""
+        if semitones == 0:
+            return batch
+        power = self.features.scale == "power"
+        db = 10 * torch.log10(batch.float().clamp_min(AMIN)) if power else batch.float()
+        shift = torch.full((len(batch), 1), float(semitones), device=batch.device)
+        out = warp_mel_axis(db[:, 0], self.mel_centres.to(batch.device), shift).unsqueeze(1)
+        out = torch.pow(10.0, out / 10) if power else out
+        return out.to(batch.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def checkpoint_paths(option) -> list[str]:
@@ -197,6 +216,9 @@ def load_scorer(cfg: DictConfig) -> Scorer:
     first_conv = next(layer for layer in nets[0].modules() if isinstance(layer, torch.nn.Conv2d))
     window_bytes = first_conv.out_channels * math.prod(module.hparams["input_shape"]) * 4  # float32, "same" padding
     settings = ClipSettings(features, silence_gate(cfg.rms_threshold, stored), hop_samples=hop, pad_short=True)
+    warps = tta_warps(cfg.get("tta_semitones", ()), modules)
+    if warps:
+        log.info("test-time augmentation: each window scored warped by %s semitones, the scores averaged", warps)
     return Scorer(
         nets,
         list(module.hparams["class_names"]),
@@ -207,7 +229,34 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         precision,
         module.objective,
         paths,
+        warps,
+        mel_centres(features.as_dict()).to(device) if warps else None,
     )
+
+
+def tta_warps(option, modules) -> tuple[float, ...]:
+    """``tta_semitones``: ``auto`` gives -p, -p/2, 0, p/2, p for checkpoints trained with pitch warping up
+    to +-p semitones (``augment.pitch_semitones``; the smallest p of an ensemble's members), and no
+    warps for checkpoints trained without it; a list gives its own. ``()`` means off."""
+    if option is None:
+        return ()
+    if isinstance(option, str):
+        if option != "auto":
+            raise AmirError(
+                f"tta_semitones={option}: expected auto, or a list of semitones such as [-2,-1,0,1,2] ([] off)"
+            )
+        trained = [float((m.hparams.get("augment") or {}).get("pitch_semitones") or 0.0) for m in modules]
+        bound = min(trained)
+        return () if bound <= 0 else (-bound, -bound / 2, 0.0, bound / 2, bound)
+    try:
+        warps = tuple(float(value) for value in option)
+    except (TypeError, ValueError):
+        raise AmirError(f"tta_semitones={option}: expected auto, or a list of numbers of semitones ([] off)") from None
+    if any(abs(value) > 12 for value in warps):
+        raise AmirError(
+            f"tta_semitones={list(warps)}: warps beyond an octave (12 semitones) push the bands off the mel axis"
+        )
+    return () if warps in ((), (0.0,)) else warps
 
 
 def score_windows(
@@ -262,6 +311,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     _print_table(rows)
     if len(scorer.nets) > 1:
         print(f"scores: the mean of {len(scorer.nets)} checkpoints' scores (an ensemble)")
+    if scorer.tta_semitones:
+        print(f"scores: the mean over the windows warped by {list(scorer.tta_semitones)} semitones (tta_semitones)")
     if scorer.objective == "sigmoid":
         print("scores: a sigmoid per class (each instrument present or not on its own; they do not sum to 1)")
     print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")

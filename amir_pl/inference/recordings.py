@@ -323,6 +323,7 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
             model_output=scorer.objective,
             checkpoints=scorer.checkpoints,  # more than one: their window scores averaged (an ensemble)
             hop_seconds=float(cfg.hop_seconds),
+            tta_semitones=list(scorer.tta_semitones),  # each window also scored warped by these, averaged
             windows=scored.windows,
             unknown_labels={"policy": str(cfg.unknown_labels), "outside_classes": dict(scored.outside)},
             skipped=scored.skipped,
@@ -429,7 +430,9 @@ def format_summary(split: str, summary: Mapping) -> str:
     micro, macro = summary["micro"], summary["macro"]
     lines = [
         f"{split}: {summary['n']} files, {summary['labels']} labels, {summary['aggregation']} aggregation of "
-        f"{summary.get('model_output', 'softmax')} scores, "
+        f"{summary.get('model_output', 'softmax')} scores"
+        + (f" (test-time warps {summary['tta_semitones']} semitones)" if summary.get("tta_semitones") else "")
+        + ", "
         f"threshold {summary['threshold']:.2f} ({summary['threshold_chosen_on']})",
         f"  micro P {micro['precision']:.3f} R {micro['recall']:.3f} F1 {micro['f1']:.3f}   "
         f"macro P {macro['precision']:.3f} R {macro['recall']:.3f} F1 {macro['f1']:.3f}   "

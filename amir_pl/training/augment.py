@@ -46,6 +46,21 @@ def mel_centres(features: dict) -> torch.Tensor:
     return (bank * freqs[:, None]).sum(0) / bank.sum(0).clamp_min(1e-12)
 
 
+def warp_mel_axis(db: torch.Tensor, centres: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+    """``db`` (batch, n_mels, frames) in decibels, ``semitones`` (batch, 1): band m of each clip takes the
+    value the clip had at centre(m) / 2^(s/12), linearly between bands, as a note s semitones up would.
+    The training augmentation draws ``semitones``; test-time augmentation (amir-predict) fixes them."""
+    batch, bands, frames = db.shape
+    wanted = centres[None, :] / torch.pow(2.0, semitones / 12)
+    centres = centres.expand(batch, -1).contiguous()
+    upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, bands - 1)
+    low_f, high_f = centres.gather(1, upper - 1), centres.gather(1, upper)
+    weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1).unsqueeze(-1)
+    below = db.gather(1, (upper - 1).unsqueeze(-1).expand(-1, -1, frames))
+    above = db.gather(1, upper.unsqueeze(-1).expand(-1, -1, frames))
+    return below + weight * (above - below)
+
+
 class BatchAugment(nn.Module):
     """Each option at 0 is off. ``scale`` and ``features`` (the dataset file's) come from the module."""
 
@@ -148,18 +163,8 @@ class BatchAugment(nn.Module):
         return offset
 
     def _pitch_shift(self, db: torch.Tensor) -> torch.Tensor:
-        """Band m takes the value the clip had at centre(m) / 2^(s/12): a note s semitones up."""
-        batch, bands, _ = db.shape
-        semitones = self._uniform((batch, 1), self.pitch_semitones, db.device)
-        wanted = self.centres[None, :] / torch.pow(2.0, semitones / 12)
-        centres = self.centres.expand(batch, -1).contiguous()
-        upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, bands - 1)
-        low_f, high_f = centres.gather(1, upper - 1), centres.gather(1, upper)
-        weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1).unsqueeze(-1)
-        frames = db.shape[-1]
-        below = db.gather(1, (upper - 1).unsqueeze(-1).expand(-1, -1, frames))
-        above = db.gather(1, upper.unsqueeze(-1).expand(-1, -1, frames))
-        return below + weight * (above - below)
+        semitones = self._uniform((db.shape[0], 1), self.pitch_semitones, db.device)
+        return warp_mel_axis(db, self.centres, semitones)
 
     def _time_shift(self, db: torch.Tensor) -> torch.Tensor:
         batch, bands, frames = db.shape
