@@ -314,7 +314,8 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     waveform = torch.from_numpy(sf.read(str(wav), dtype="float32")[0][: features.clip_samples])[None]
     with torch.no_grad():
         direct = torch.sigmoid(module.net(MelFrontEnd(features)(waveform)))[0]
-    model, metadata = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
+    exported = export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}", "tta_semitones=[]"]))
+    model, metadata = load_exported(exported)
     assert metadata["objective"] == "sigmoid" and "sigmoid" in metadata["output"]
     with torch.no_grad():
         torch.testing.assert_close(model(waveform)[0], direct, atol=1e-5, rtol=1e-4)
@@ -369,6 +370,12 @@ def test_test_time_warps_follow_the_checkpoints_pitch_training_and_average_the_w
     torch.testing.assert_close(scores["auto"], expected, atol=2e-4, rtol=0)  # auto: -2, -1, 0, 1, 2 for +-2
     torch.testing.assert_close(scores["[-2,-1,0,1,2]"], scores["auto"], atol=0, rtol=0)
     torch.testing.assert_close(scores["[]"], by_warp[0.0], atol=2e-4, rtol=0)
+    for fmt in ("torch_export", "torchscript"):  # the exported model averages the same warps
+        model, metadata = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
+        assert metadata["tta_semitones"] == [-2.0, -1.0, 0.0, 1.0, 2.0] and "warped" in metadata["output"]
+        with torch.no_grad():
+            torch.testing.assert_close(model(waveform)[0], expected, atol=1e-5, rtol=1e-4)
+            assert model(waveform.repeat(3, 1)).shape == (3, len(module.class_names))  # any batch size
     (wav.with_suffix(".txt")).write_text("flute\n")
     summary = evaluate_recordings(compose_cfg("evaluate_recordings", [*base, "threshold=0.5", "progress=false"]))
     assert summary["test"]["tta_semitones"] == [-2.0, -1.0, 0.0, 1.0, 2.0]

@@ -78,4 +78,5 @@ class ExportConfig:
     format: ExportFormat = MISSING
     output: str | None = MISSING
     rms_threshold: float | None = MISSING
+    tta_semitones: Any = MISSING  # auto (from the checkpoint's training pitch warps) | a list of semitones | []
     paths: Any = MISSING

@@ -4,7 +4,8 @@ The exported model maps mono waveforms at the checkpoint's sample rate, one
 window per row (batch, clip_samples), to class scores (batch, classes): the mel
 front end of amir-prepare, the ConvNet and its output function (a softmax for a
 one-instrument model, a sigmoid per class for a predominant-instruments one:
-``metadata.json`` says which). Resampling and
+``metadata.json`` says which), averaged over amir-predict's test-time warps of the mel axis where
+the checkpoint was trained with pitch warping (``tta_semitones``). Resampling and
 windowing stay outside; the parameters they need travel with the model as
 ``metadata.json`` (class names, feature parameters, the resampler's settings).
 """
@@ -20,6 +21,8 @@ from omegaconf import DictConfig
 from amir_pl.core.files import atomic_write
 from amir_pl.features.audio import RESAMPLING, MelFrontEnd
 from amir_pl.features.params import FeatureParams, silence_gate
+from amir_pl.inference.predict import tta_warps, warp_windows
+from amir_pl.training.augment import mel_centres
 from amir_pl.training.module import class_scores, load_checkpoint
 
 OUTPUTS = {
@@ -30,28 +33,43 @@ OUTPUTS = {
 
 
 class WaveformClassifier(torch.nn.Module):
-    """Waveform windows (batch, clip_samples) -> class scores (batch, classes)."""
+    """Waveform windows (batch, clip_samples) -> class scores (batch, classes); with ``tta_semitones``,
+    the mean of the scores of each window's mel axis warped by each (amir-predict's test-time warps)."""
 
-    def __init__(self, front_end: MelFrontEnd, net: torch.nn.Module, objective: str = "softmax"):
+    def __init__(
+        self,
+        front_end: MelFrontEnd,
+        net: torch.nn.Module,
+        objective: str = "softmax",
+        tta_semitones: tuple[float, ...] = (),
+    ):
         super().__init__()
         self.front_end = front_end
         self.net = net
         self.objective = objective
+        self.tta_semitones = tuple(tta_semitones)
+        self.scale = front_end.features.scale
+        self.register_buffer("mel_centres", mel_centres(front_end.features.as_dict()), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return class_scores(self.net(self.front_end(waveforms)), self.objective)
+        mels = self.front_end(waveforms)
+        views = [warp_windows(mels, self.mel_centres, s, self.scale) for s in self.tta_semitones] or [mels]
+        return torch.stack([class_scores(self.net(view), self.objective) for view in views]).mean(0)
 
 
-def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassifier, dict]:
+def build(ckpt_path, rms_threshold: float | None = None, tta_semitones="auto") -> tuple[WaveformClassifier, dict]:
     module = load_checkpoint(ckpt_path)
     features = FeatureParams.from_mapping(module.hparams["features"])
-    model = WaveformClassifier(MelFrontEnd(features), module.net, module.objective).eval()
+    warps = tta_warps(tta_semitones, [module])
+    model = WaveformClassifier(MelFrontEnd(features), module.net, module.objective, warps).eval()
     metadata = {
         "class_names": list(module.hparams["class_names"]),
         "features": features.as_dict(),
         "input": f"float32 (batch, {features.clip_samples}): mono windows at {features.sample_rate} Hz",
-        "output": OUTPUTS[module.objective],
+        "output": OUTPUTS[module.objective]
+        + (f"; the mean over each window warped by {list(warps)} semitones (test-time augmentation)" if warps else ""),
         "objective": module.objective,
+        "tta_semitones": list(warps),
         "resampling": {"library": "torchaudio.functional.resample", **RESAMPLING},
         "rms_threshold": silence_gate(rms_threshold, module.hparams["features"]),
         "checkpoint": str(Path(ckpt_path).resolve()),
@@ -64,7 +82,7 @@ def build(ckpt_path, rms_threshold: float | None = None) -> tuple[WaveformClassi
 
 
 def export(cfg: DictConfig) -> Path:
-    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"))
+    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"), cfg.get("tta_semitones", ()))
     clip_samples = metadata["features"]["clip_samples"]
     example = torch.zeros(2, clip_samples)
     suffix = {"torch_export": ".pt2", "torchscript": ".ts"}

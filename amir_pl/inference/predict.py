@@ -139,16 +139,20 @@ class Scorer:
         return torch.stack([self.scores(net(view).float()) for net in self.nets for view in views]).mean(0)
 
     def warped(self, batch: torch.Tensor, semitones: float) -> torch.Tensor:
-        """The windows with their mel axis warped by ``semitones`` (the training augmentation's warp),
-        in the scale they came in (power or decibels, as the checkpoint's dataset)."""
-        if semitones == 0:
-            return batch
-        power = self.features.scale == "power"
-        db = 10 * torch.log10(batch.float().clamp_min(AMIN)) if power else batch.float()
-        shift = torch.full((len(batch), 1), float(semitones), device=batch.device)
-        out = warp_mel_axis(db[:, 0], self.mel_centres.to(batch.device), shift).unsqueeze(1)
-        out = torch.pow(10.0, out / 10) if power else out
-        return out.to(batch.dtype).contiguous(memory_format=torch.channels_last)
+        warped = warp_windows(batch[:, 0], self.mel_centres, semitones, self.features.scale).unsqueeze(1)
+        return warped.contiguous(memory_format=torch.channels_last)
+
+
+def warp_windows(mels: torch.Tensor, centres: torch.Tensor, semitones: float, scale: str) -> torch.Tensor:
+    """Windows (batch, n_mels, frames) with their mel axis warped by ``semitones`` (the training
+    augmentation's warp, fixed), in the scale they came in (``power`` or ``db``, the dataset's)."""
+    if semitones == 0:
+        return mels
+    power = scale == "power"
+    db = 10 * torch.log10(mels.float().clamp_min(AMIN)) if power else mels.float()
+    shift = torch.full((mels.shape[0], 1), float(semitones), device=mels.device)
+    out = warp_mel_axis(db, centres, shift)
+    return (torch.pow(10.0, out / 10) if power else out).to(mels.dtype)
 
 
 def checkpoint_paths(option) -> list[str]:
