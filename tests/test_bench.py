@@ -64,3 +64,12 @@ def test_train_cpu_times_amir_trains_recipe_end_to_end_in_each_precision_beside_
         assert row["over_bare_fp32_channels_last"] == pytest.approx(ratio, rel=0.02)
         assert "native bf16" in row["device"]
     assert not (tmp_path / "bench_train_cpu.h5").exists()  # the generated file is removed
+
+
+def test_predict_bench_scores_every_window_once_per_test_time_warp(compose_cfg, tmp_path):
+    overrides = ["benches=[predict]", "predict.files=1", "predict.seconds=6.0", "predict.num_workers=1"]
+    plain = bench(compose_cfg("bench", overrides))["predict"]
+    warped = bench(compose_cfg("bench", [*overrides, "predict.tta_semitones=[-1,0,1]"]))["predict"]
+    assert plain["tta_semitones"] == [] and warped["tta_semitones"] == [-1.0, 0.0, 1.0]
+    assert plain["windows"] == warped["windows"] == 3  # 6 s: windows at 0, 1.5 and 3 s
+    assert plain["seconds_of_audio_per_second"] > 0 and warped["seconds_of_audio_per_second"] > 0

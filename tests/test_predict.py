@@ -9,7 +9,8 @@ from test_prepare import write_tone
 from amir_pl.core.errors import AmirError
 from amir_pl.features.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.features.params import FeatureParams
-from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict, tta_warps
+from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict
+from amir_pl.inference.tta import tta_warps, warped_views
 from amir_pl.training.module import load_checkpoint
 
 
@@ -281,9 +282,27 @@ def test_test_time_warps_auto_span_the_pitch_range_a_checkpoint_was_trained_with
         2.0,
     )  # an ensemble: the smallest range of its members
     assert tta_warps("auto", [_Trained(None)]) == ()  # experiment=paper: no augmentation, no warps
+    no_augment = _Trained(None)
+    no_augment.hparams = {}  # a checkpoint from before augmentation was a hyperparameter
+    assert tta_warps("auto", [no_augment]) == ()
     assert tta_warps("auto", [_Trained({"pitch_semitones": 0.0})]) == ()
     assert tta_warps("auto", [load_checkpoint(checkpoint)]) == ()  # the default recipe trains without pitch warps
     assert tta_warps([-1, 0, 1], [_Trained(None)]) == (-1.0, 0.0, 1.0)  # a list is used as given
     assert tta_warps([], [_Trained({"pitch_semitones": 2.0})]) == tta_warps([0], []) == tta_warps(None, []) == ()
     with pytest.raises(AmirError, match="a list of numbers"):
         tta_warps(["up"], [])
+
+
+def test_warped_views_are_the_same_warp_for_power_and_decibel_windows():
+    from amir_pl.training.augment import mel_centres
+
+    features = {"n_fft": 512, "f_min": 0.0, "f_max": 8000.0, "n_mels": 32, "sample_rate": 16000}
+    centres = mel_centres(features)
+    power = torch.rand(3, 32, 10, generator=torch.Generator().manual_seed(0)) ** 4 + 1e-6
+    db = 10 * torch.log10(power)
+    from_power = warped_views(power, centres, (-2.0, 0.0, 2.0), "power")
+    from_db = warped_views(db, centres, (-2.0, 0.0, 2.0), "db")
+    assert from_power[1] is power and from_db[1] is db  # 0: the windows themselves
+    for warped_power, warped_db in zip(from_power, from_db):
+        torch.testing.assert_close(10 * torch.log10(warped_power), warped_db, atol=1e-4, rtol=0)
+    assert not torch.allclose(from_db[0], db) and not torch.allclose(from_db[0], from_db[2])

@@ -599,6 +599,7 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
             "inputs": str(root),
             "num_workers": cfg.num_workers,
             "batch_size": cfg.batch_size,
+            "tta_semitones": list(cfg.get("tta_semitones") or []),
             "paths": {"output_dir": str(work_dir / "bench_predict_run")},
         }
     )
@@ -613,6 +614,7 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
         "format": "44.1 kHz stereo 16-bit WAV",
         "windows": sum(row["windows_used"] for row in rows),
         "hop_seconds": predict_cfg.hop_seconds,
+        "tta_semitones": list(predict_cfg.tta_semitones),
         "num_workers": cfg.num_workers,
         "torch_threads": torch.get_num_threads(),
         "batch_size": cfg.batch_size,

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from amir_pl.core.files import atomic_write
 from amir_pl.features.audio import RESAMPLING, MelFrontEnd
 from amir_pl.features.params import FeatureParams, silence_gate
-from amir_pl.inference.predict import tta_warps, warp_windows
+from amir_pl.inference.tta import tta_warps, warped_views
 from amir_pl.training.augment import mel_centres
 from amir_pl.training.module import class_scores, load_checkpoint
 
@@ -53,7 +53,7 @@ class WaveformClassifier(torch.nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         mels = self.front_end(waveforms)
-        views = [warp_windows(mels, self.mel_centres, s, self.scale) for s in self.tta_semitones] or [mels]
+        views = warped_views(mels, self.mel_centres, self.tta_semitones, self.scale) if self.tta_semitones else [mels]
         return torch.stack([class_scores(self.net(view), self.objective) for view in views]).mean(0)
 
 
@@ -82,7 +82,7 @@ def build(ckpt_path, rms_threshold: float | None = None, tta_semitones="auto") -
 
 
 def export(cfg: DictConfig) -> Path:
-    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"), cfg.get("tta_semitones", ()))
+    model, metadata = build(cfg.ckpt_path, cfg.get("rms_threshold"), cfg.tta_semitones)
     clip_samples = metadata["features"]["clip_samples"]
     example = torch.zeros(2, clip_samples)
     suffix = {"torch_export": ".pt2", "torchscript": ".ts"}

@@ -32,7 +32,8 @@ from amir_pl.features.params import FEATURE_ATTRS, FeatureParams, silence_gate
 from amir_pl.features.pipeline import ClipSettings, make_tasks, run_tasks
 from amir_pl.inference.config import Aggregation
 from amir_pl.inference.plots import plot_timeline
-from amir_pl.training.augment import AMIN, mel_centres, warp_mel_axis
+from amir_pl.inference.tta import tta_warps, warped_views
+from amir_pl.training.augment import mel_centres
 from amir_pl.training.module import class_scores, load_checkpoint
 from amir_pl.training.precision import autocast, scoring_precision
 
@@ -132,27 +133,22 @@ class Scorer:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return class_scores(logits, self.objective)
 
+    def __post_init__(self) -> None:
+        if self.tta_semitones and self.mel_centres is None:
+            self.mel_centres = mel_centres(self.features.as_dict()).to(self.device)
+
     def window_scores(self, batch: torch.Tensor) -> torch.Tensor:
         """The class scores of a batch of windows (batch, 1, n_mels, frames): each net's, for each
         warp of ``tta_semitones``, averaged over the nets and the warps."""
-        views = [self.warped(batch, semitones) for semitones in self.tta_semitones] or [batch]
+        views = (
+            [
+                view.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+                for view in warped_views(batch[:, 0], self.mel_centres, self.tta_semitones, self.features.scale)
+            ]
+            if self.tta_semitones
+            else [batch]
+        )
         return torch.stack([self.scores(net(view).float()) for net in self.nets for view in views]).mean(0)
-
-    def warped(self, batch: torch.Tensor, semitones: float) -> torch.Tensor:
-        warped = warp_windows(batch[:, 0], self.mel_centres, semitones, self.features.scale).unsqueeze(1)
-        return warped.contiguous(memory_format=torch.channels_last)
-
-
-def warp_windows(mels: torch.Tensor, centres: torch.Tensor, semitones: float, scale: str) -> torch.Tensor:
-    """Windows (batch, n_mels, frames) with their mel axis warped by ``semitones`` (the training
-    augmentation's warp, fixed), in the scale they came in (``power`` or ``db``, the dataset's)."""
-    if semitones == 0:
-        return mels
-    power = scale == "power"
-    db = 10 * torch.log10(mels.float().clamp_min(AMIN)) if power else mels.float()
-    shift = torch.full((mels.shape[0], 1), float(semitones), device=mels.device)
-    out = warp_mel_axis(db, centres, shift)
-    return (torch.pow(10.0, out / 10) if power else out).to(mels.dtype)
 
 
 def checkpoint_paths(option) -> list[str]:
@@ -220,7 +216,7 @@ def load_scorer(cfg: DictConfig) -> Scorer:
     first_conv = next(layer for layer in nets[0].modules() if isinstance(layer, torch.nn.Conv2d))
     window_bytes = first_conv.out_channels * math.prod(module.hparams["input_shape"]) * 4  # float32, "same" padding
     settings = ClipSettings(features, silence_gate(cfg.rms_threshold, stored), hop_samples=hop, pad_short=True)
-    warps = tta_warps(cfg.get("tta_semitones", ()), modules)
+    warps = tta_warps(cfg.tta_semitones, modules)
     if warps:
         log.info("test-time augmentation: each window scored warped by %s semitones, the scores averaged", warps)
     return Scorer(
@@ -236,31 +232,6 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         warps,
         mel_centres(features.as_dict()).to(device) if warps else None,
     )
-
-
-def tta_warps(option, modules) -> tuple[float, ...]:
-    """``tta_semitones``: ``auto`` gives -p, -p/2, 0, p/2, p for checkpoints trained with pitch warping up
-    to +-p semitones (``augment.pitch_semitones``; the smallest p of an ensemble's members), and no
-    warps for checkpoints trained without it; a list gives its own. ``()`` means off."""
-    if option is None:
-        return ()
-    if isinstance(option, str):
-        if option != "auto":
-            raise AmirError(
-                f"tta_semitones={option}: expected auto, or a list of semitones such as [-2,-1,0,1,2] ([] off)"
-            )
-        trained = [float((m.hparams.get("augment") or {}).get("pitch_semitones") or 0.0) for m in modules]
-        bound = min(trained)
-        return () if bound <= 0 else (-bound, -bound / 2, 0.0, bound / 2, bound)
-    try:
-        warps = tuple(float(value) for value in option)
-    except (TypeError, ValueError):
-        raise AmirError(f"tta_semitones={option}: expected auto, or a list of numbers of semitones ([] off)") from None
-    if any(abs(value) > 12 for value in warps):
-        raise AmirError(
-            f"tta_semitones={list(warps)}: warps beyond an octave (12 semitones) push the bands off the mel axis"
-        )
-    return () if warps in ((), (0.0,)) else warps
 
 
 def score_windows(

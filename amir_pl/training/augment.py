@@ -30,6 +30,16 @@ from amir_pl.core.errors import AmirError
 AMIN = 1e-10  # the floor of the decibel conversion, as torchaudio's AmplitudeToDB
 
 
+def to_db(x: torch.Tensor, scale: str) -> torch.Tensor:
+    """Mels as stored (``scale`` power or db) -> decibels, float32."""
+    return x.float() if scale == "db" else 10 * torch.log10(x.float().clamp_min(AMIN))
+
+
+def from_db(db: torch.Tensor, scale: str) -> torch.Tensor:
+    """Decibels -> mels in ``scale`` (power or db), the inverse of ``to_db``."""
+    return db if scale == "db" else torch.pow(10.0, db / 10)
+
+
 def mel_centres(features: dict) -> torch.Tensor:
     """Centre frequency (Hz) of each mel band: the centroid of its filter in torchaudio's filterbank."""
     n_freqs = int(features["n_fft"]) // 2 + 1
@@ -126,8 +136,7 @@ class BatchAugment(nn.Module):
         """``x`` (batch, n_mels, frames) as stored, ``y`` class indices or (batch, classes) targets in
         [0, 1] -> augmented ``x`` and targets: class indices when nothing mixes, else class
         probabilities (mixup) or per-class targets (batch mixing)."""
-        x = x.float()
-        db = x if self.scale == "db" else 10 * torch.log10(x.clamp_min(AMIN))
+        db = to_db(x, self.scale)
         if self.gain_db or self.eq_db:
             db = db + self._level(db)
         if self.pitch_semitones:
@@ -147,8 +156,7 @@ class BatchAugment(nn.Module):
             for mask in (*self.freq_masks, *self.time_masks):
                 shifted = mask(shifted)
             db = shifted.squeeze(1) + floor
-        out = db if self.scale == "db" else torch.pow(10.0, db / 10)
-        return out, target
+        return from_db(db, self.scale), target
 
     def _uniform(self, shape, bound: float, device) -> torch.Tensor:
         return (torch.rand(shape, device=device) * 2 - 1) * bound
