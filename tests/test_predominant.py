@@ -370,6 +370,8 @@ def test_test_time_warps_follow_the_checkpoints_pitch_training_and_average_the_w
     torch.testing.assert_close(scores["auto"], expected, atol=2e-4, rtol=0)  # auto: -2, -1, 0, 1, 2 for +-2
     torch.testing.assert_close(scores["[-2,-1,0,1,2]"], scores["auto"], atol=0, rtol=0)
     torch.testing.assert_close(scores["[]"], by_warp[0.0], atol=2e-4, rtol=0)
+    saved = json.loads((tmp_path / "predictions.json").read_text())[0]  # the last run's: tta_semitones=[]
+    assert saved["tta_semitones"] == [] and row["tta_semitones"] == []
     for fmt in ("torch_export", "torchscript"):  # the exported model averages the same warps
         model, metadata = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
         assert metadata["tta_semitones"] == [-2.0, -1.0, 0.0, 1.0, 2.0] and "warped" in metadata["output"]

@@ -275,7 +275,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     files, problems = find_inputs(cfg.inputs)
     results = score_windows(scorer, files, cfg.num_workers, cfg.windows_per_task, cfg.progress)
     run_dir = Path(cfg.paths.output_dir)
-    rows = [_row(r, scorer.class_names, cfg, scorer.objective) for r in results] + problems
+    rows = [_row(r, scorer, cfg) for r in results] + problems
     _write_outputs(run_dir, rows)
     if cfg.timeline:
         pictures = write_timelines(
@@ -361,7 +361,8 @@ def last_level_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0
     return max(sizes, default=None)
 
 
-def _row(result: FileResult, class_names, cfg, objective: str) -> dict:
+def _row(result: FileResult, scorer: Scorer, cfg) -> dict:
+    class_names = scorer.class_names
     row = {
         "file": result.file,
         "duration_s": result.duration_s,
@@ -378,7 +379,10 @@ def _row(result: FileResult, class_names, cfg, objective: str) -> dict:
         row["top1_score"] = round(float(scores[order[0]]), 4)
         row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
         row["aggregation"] = str(cfg.aggregation)
-        row["model_output"] = objective  # softmax: one instrument, scores sum to 1 | sigmoid: each class on its own
+        row["model_output"] = (
+            scorer.objective
+        )  # softmax: one instrument, scores sum to 1 | sigmoid: each class on its own
+        row["tta_semitones"] = list(scorer.tta_semitones)  # the test-time warps averaged ([]: none)
         row["scores"] = {
             rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
         }
