@@ -73,6 +73,9 @@ quickstart: system-packages sources install
 # The IRMAS test protocol on built-in mixtures (docs/results.md, "Mixtures"): 2-4 instruments, 5-20 s,
 # validation mixtures from lmms (the threshold is chosen there), test mixtures from the held-out tim
 # family; scores the best checkpoint of the newest `make quickstart` run with amir-evaluate-recordings.
+# EVAL_ARGS: more amir-evaluate-recordings overrides here and in make predominant / predominant-folds, e.g.
+# 'tta_semitones=[]' scores without the test-time warps (the default since 2026-12-07), as the figures before.
+EVAL_ARGS ?=
 MIXTURES ?= 100
 mixtures: system-packages sources install
 	$(BIN)/amir-synth output=$(DATA)/mixtures layout=families clips_per_class=0 mixtures.count=$(MIXTURES) \
@@ -81,7 +84,7 @@ mixtures: system-packages sources install
 	if [ -z "$$ckpt" ]; then echo "make mixtures: no checkpoint in outputs/quickstart/: run make quickstart first"; exit 2; fi; \
 	echo "scoring $$ckpt"; \
 	$(BIN)/amir-evaluate-recordings task_name=mixtures ckpt_path=$$ckpt \
-	  inputs=$(DATA)/mixtures/mixtures/test val_inputs=$(DATA)/mixtures/mixtures/val threshold=val
+	  inputs=$(DATA)/mixtures/mixtures/test val_inputs=$(DATA)/mixtures/mixtures/val threshold=val $(EVAL_ARGS)
 
 # The predominant instruments in music with accompaniment (docs/results.md, "Predominant instruments"):
 # the families render with ACCOMPANIMENT of the training and validation clips played over accompaniment
@@ -113,7 +116,8 @@ predominant: system-packages sources install
 	  trainer.max_epochs=$(PREDOMINANT_EPOCHS) $(TRAIN_ARGS)
 	@run=$$(ls -td outputs/$(PREDOMINANT_TASK)/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
 	$(BIN)/amir-evaluate-recordings task_name=$(PREDOMINANT_TASK)_mixtures ckpt_path=$$ckpt progress=false \
-	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val && \
+	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val \
+	  $(EVAL_ARGS) && \
 	$(BIN)/python scripts/predominant_summary.py $$run $$(ls -td outputs/$(PREDOMINANT_TASK)_mixtures/*/ | head -1)
 
 # The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.
@@ -182,7 +186,7 @@ transfer: system-packages sources install
 # MELODIC_FAMILIES and FOLD_TRAIN_FAMILIES in training, its clips over accompaniment and its mixtures; then
 # experiment=predominant for PREDOMINANT_EPOCHS once per seed in PREDOMINANT_SEEDS, each scored on its fold's
 # mixtures (the folds as before 2026-12-07: PREDOMINANT_LAYOUT=families PREDOMINANT_CLIPS=300
-# PREDOMINANT_EPOCHS=24 FOLD_TRAIN_FAMILIES=sonicpi,hydrogen). The table
+# PREDOMINANT_EPOCHS=24 FOLD_TRAIN_FAMILIES=sonicpi,hydrogen EVAL_ARGS='tta_semitones=[]'). The table
 # (scripts/predominant_folds_table.py) gives the validation figures a change is chosen on and the test
 # figures, mean and every seed. TRAIN_ARGS and LOFO_TAG as for make transfer (outputs/pfold_<family><tag>_seed<seed>/),
 # SYNTH_ARGS as for make predominant (a family added to FOLD_TRAIN_FAMILIES must also be in amir-synth's sources,
@@ -205,7 +209,7 @@ predominant-folds: system-packages sources install
 	      trainer.max_epochs=$(PREDOMINANT_EPOCHS) trainer.enable_progress_bar=false $(TRAIN_ARGS) || exit 1; \
 	    run=$$(ls -td outputs/$$task/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
 	    $(BIN)/amir-evaluate-recordings task_name=$${task}_mixtures ckpt_path=$$ckpt progress=false \
-	      inputs=$$out/mixtures/test val_inputs=$$out/mixtures/val threshold=val || exit 1; \
+	      inputs=$$out/mixtures/test val_inputs=$$out/mixtures/val threshold=val $(EVAL_ARGS) || exit 1; \
 	  done; \
 	done
 	$(BIN)/python scripts/predominant_folds_table.py $(foreach fold,$(PREDOMINANT_FOLDS),$(firstword $(subst :, ,$(fold)))) \

@@ -599,7 +599,7 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
             "inputs": str(root),
             "num_workers": cfg.num_workers,
             "batch_size": cfg.batch_size,
-            "tta_semitones": list(cfg.get("tta_semitones") or []),
+            "tta_semitones": cfg.get("tta_semitones", []),
             "paths": {"output_dir": str(work_dir / "bench_predict_run")},
         }
     )
@@ -614,7 +614,7 @@ def bench_predict(cfg: DictConfig, model_cfg: DictConfig, work_dir: Path) -> dic
         "format": "44.1 kHz stereo 16-bit WAV",
         "windows": sum(row["windows_used"] for row in rows),
         "hop_seconds": predict_cfg.hop_seconds,
-        "tta_semitones": list(predict_cfg.tta_semitones),
+        "tta_semitones": next((row["tta_semitones"] for row in rows if "tta_semitones" in row), []),  # as used
         "num_workers": cfg.num_workers,
         "torch_threads": torch.get_num_threads(),
         "batch_size": cfg.batch_size,

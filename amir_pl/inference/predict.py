@@ -379,9 +379,8 @@ def _row(result: FileResult, scorer: Scorer, cfg) -> dict:
         row["top1_score"] = round(float(scores[order[0]]), 4)
         row["top_k"] = [[class_names[i], round(float(scores[i]), 4)] for i in order]
         row["aggregation"] = str(cfg.aggregation)
-        row["model_output"] = (
-            scorer.objective
-        )  # softmax: one instrument, scores sum to 1 | sigmoid: each class on its own
+        # softmax: one instrument, scores sum to 1 | sigmoid: each class on its own
+        row["model_output"] = scorer.objective
         row["tta_semitones"] = list(scorer.tta_semitones)  # the test-time warps averaged ([]: none)
         row["scores"] = {
             rule: dict(zip(class_names, np.round(values, 4).tolist())) for rule, values in result.scores.items()
