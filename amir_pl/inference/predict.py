@@ -287,7 +287,10 @@ def predict(cfg: DictConfig) -> list[dict]:
     if len(scorer.nets) > 1:
         print(f"scores: the mean of {len(scorer.nets)} checkpoints' scores (an ensemble)")
     if scorer.tta_semitones:
-        print(f"scores: the mean over the windows warped by {list(scorer.tta_semitones)} semitones (tta_semitones)")
+        print(
+            f"scores: each window's mean over its copies warped by {list(scorer.tta_semitones)} semitones "
+            "(test-time augmentation; tta_semitones=[] for the net alone)"
+        )
     if scorer.objective == "sigmoid":
         print("scores: a sigmoid per class (each instrument present or not on its own; they do not sum to 1)")
     print(f"predictions: {run_dir / 'predictions.csv'}, {run_dir / 'predictions.json'}")
