@@ -53,7 +53,7 @@ class WaveformClassifier(torch.nn.Module):
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         mels = self.front_end(waveforms)
-        views = warped_views(mels, self.mel_centres, self.tta_semitones, self.scale) if self.tta_semitones else [mels]
+        views = warped_views(mels, self.mel_centres, self.tta_semitones, self.scale)
         return torch.stack([class_scores(self.net(view), self.objective) for view in views]).mean(0)
 
 

@@ -128,26 +128,22 @@ class Scorer:
     objective: str = "softmax"  # softmax: one instrument, scores sum to 1 | sigmoid: each class scored on its own
     checkpoints: list[str] = field(default_factory=list)
     tta_semitones: tuple[float, ...] = ()  # each window also scored warped by these (tta_warps); (): off
-    mel_centres: torch.Tensor | None = None  # Hz of each mel band, for the warps
+    mel_centres: torch.Tensor | None = field(default=None, init=False)  # Hz of each mel band, for the warps
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return class_scores(logits, self.objective)
 
     def __post_init__(self) -> None:
-        if self.tta_semitones and self.mel_centres is None:
+        if self.tta_semitones:
             self.mel_centres = mel_centres(self.features.as_dict()).to(self.device)
 
     def window_scores(self, batch: torch.Tensor) -> torch.Tensor:
         """The class scores of a batch of windows (batch, 1, n_mels, frames): each net's, for each
         warp of ``tta_semitones``, averaged over the nets and the warps."""
-        views = (
-            [
-                view.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-                for view in warped_views(batch[:, 0], self.mel_centres, self.tta_semitones, self.features.scale)
-            ]
-            if self.tta_semitones
-            else [batch]
-        )
+        views = [batch]  # the plain path: the batch as it came
+        if self.tta_semitones:
+            warped = warped_views(batch[:, 0], self.mel_centres, self.tta_semitones, self.features.scale)
+            views = [view.unsqueeze(1).contiguous(memory_format=torch.channels_last) for view in warped]
         return torch.stack([self.scores(net(view).float()) for net in self.nets for view in views]).mean(0)
 
 
@@ -230,7 +226,6 @@ def load_scorer(cfg: DictConfig) -> Scorer:
         module.objective,
         paths,
         warps,
-        mel_centres(features.as_dict()).to(device) if warps else None,
     )
 
 

@@ -38,9 +38,9 @@ def tta_warps(option, modules) -> tuple[float, ...]:
 
 def warped_views(mels: torch.Tensor, centres: torch.Tensor, warps, scale: str) -> list[torch.Tensor]:
     """Windows (batch, n_mels, frames) as stored (``scale`` power or db), once per warp of ``warps``,
-    each with its mel axis warped by that many semitones (0: the windows themselves)."""
+    each with its mel axis warped by that many semitones (0, or no warps: the windows themselves)."""
     views = []
-    for semitones in warps:
+    for semitones in warps or (0.0,):
         if semitones == 0:
             views.append(mels)
             continue
