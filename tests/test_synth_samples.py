@@ -292,3 +292,45 @@ def test_a_note_far_from_every_sample_is_played_an_octave_nearer(library):
     phrase.note(0.1, 2.0, 98, 100)  # 20 semitones above the highest sample: played at 86
     audio = renderer.play(flute, phrase, 3 * RATE, np.random.default_rng(0))
     assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), 440.0 * 2 ** ((86 - 69) / 12))) < 3
+
+
+def test_few_samples_keeps_some_sampled_notes_in_every_layer_and_drums_whole(library):
+    flute = build_instrument(library, FLUTE[0])  # samples at 57, 69, 72, 78
+    kit = build_instrument(library, KIT[0])
+    draws = [flute.with_few_samples(2, np.random.default_rng(seed)) for seed in range(20)]
+    for few in draws:
+        assert len(few.samples) == 2 and {s.key for s in few.samples} <= {57, 69, 72, 78}
+        assert few.samples[0].key != few.samples[1].key
+    assert len({tuple(s.key for s in few.samples) for few in draws}) > 2  # drawn, not always the same two
+    assert [s.key for s in flute.with_few_samples(2, np.random.default_rng(3)).samples] == [
+        s.key for s in flute.with_few_samples(2, np.random.default_rng(3)).samples
+    ]
+    assert len(flute.samples) == 4  # the instrument itself is untouched
+    assert flute.with_few_samples(9, np.random.default_rng(0)) is flute
+    assert kit.with_few_samples(1, np.random.default_rng(0)) is kit  # one-shots: every drum kept
+
+
+def test_few_samples_plays_every_note_from_the_kept_one_transposed(library):
+    renderer = MultisampleRenderer(RATE, 8.0)
+    flute = build_instrument(library, FLUTE[0])
+    one = flute.with_few_samples(1, np.random.default_rng(1))
+    (kept,) = one.samples
+    phrase = Phrase("test", 120.0)
+    phrase.note(0.1, 2.0, kept.key + 5, 100)  # a note that the whole flute plays from a nearer sample
+    audio = renderer.play(one, phrase, 3 * RATE, np.random.default_rng(0))
+    wanted = 440.0 * 2 ** ((kept.key + 5 - 69) / 12)
+    assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), wanted)) < 3
+
+
+def test_few_samples_in_training_clips_only_and_named_in_the_manifest(compose_cfg, library, tmp_path):
+    few = ("num_workers=1", "few_samples.probability=1", "few_samples.samples=[1,1]")
+    output = _render(compose_cfg, tmp_path / "few", library, *few, "splits.test.fraction=0")
+    plain = _render(compose_cfg, tmp_path / "plain", library, "num_workers=1", "splits.test.fraction=0")
+    for row in _manifest(output):
+        marked = row["instrument"].endswith("[1 of its notes]")
+        same = (output / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
+        melodic_train = row["split"] == "train" and row["label"] != "drums"
+        assert marked == melodic_train and same == (not melodic_train), row  # no draw for drums, val, test
+    for bad in ("few_samples.probability=2", "few_samples.samples=[0,2]", "few_samples.samples=[3,2]"):
+        with pytest.raises(AmirError, match="few_samples"):
+            _render(compose_cfg, tmp_path / "bad", library, bad)

@@ -93,6 +93,13 @@ class SynthAccompaniment:
 
 
 @dataclass
+class SynthFewSamples:
+    probability: float = MISSING  # share of the sample-library parts of `splits` played from few of their notes
+    samples: list[int] = MISSING  # [low, high] sampled notes kept per such part
+    splits: list[str] = MISSING
+
+
+@dataclass
 class SynthConfig:
     task_name: str = MISSING
     output: str = MISSING
@@ -116,6 +123,7 @@ class SynthConfig:
     mic_probability: float = MISSING
     mic_db: float = MISSING
     room_splits: list[str] = MISSING
+    few_samples: SynthFewSamples = field(default_factory=SynthFewSamples)
     accompaniment: SynthAccompaniment = field(default_factory=SynthAccompaniment)
     mixtures: SynthMixtures = field(default_factory=SynthMixtures)
     sources_dir: str = MISSING

@@ -152,10 +152,12 @@ def render_part(
     rng: np.random.Generator,
     longest: float | None = None,
     with_phrase: Phrase | None = None,
+    split: str = "",
 ) -> Part:
     """``seconds`` of a phrase of ``label`` played by ``source``, everything drawn from ``rng``,
     peak-normalised to a random peak in ``peak_range``; a phrase that renders (almost) silent is
-    redrawn, up to 5 times. ``with_phrase``: another part's phrase, whose tempo and key it keeps."""
+    redrawn, up to 5 times. ``with_phrase``: another part's phrase, whose tempo and key it keeps.
+    ``split``: the part's split, which decides whether ``few_samples`` applies."""
     shared = {} if with_phrase is None else {"tempo": with_phrase.tempo, "tonality": with_phrase.tonality}
     s = _settings
     instrument = INSTRUMENTS[label]
@@ -189,10 +191,15 @@ def render_part(
             played = f"bank {instrument.bank} program {program}"
         else:
             player = players[int(rng.integers(len(players)))]
+            played = player.name
+            few = s["few_samples"]
+            if few["probability"] and split in few["splits"] and not player.drums and rng.random() < few["probability"]:
+                count = int(rng.integers(few["samples"][0], few["samples"][1] + 1))  # no draw when off
+                player = player.with_few_samples(count, rng)
+                played = f"{played} [{count} of its notes]"
             program, reverb, chorus = None, 0.0, 0.0
             phrase = compose_phrase(instrument, seconds, rng, **shared)
             audio = sampler.play(player, phrase, frames, rng)
-            played = player.name
         peak = float(np.abs(audio).max())
         if peak > 0:
             audio = audio / peak * float(rng.uniform(*s["peak_range"]))  # peak-normalised, then a random gain
@@ -207,11 +214,11 @@ def render_clip(job: ClipJob) -> ClipResult:
     s = _settings
     source: UsableSource = s["sources"][job.source]
     rng = np.random.default_rng(job.seed)
-    part = render_part(source, job.label, s["clip_seconds"], rng)
+    part = render_part(source, job.label, s["clip_seconds"], rng, split=job.split)
     audio = part.audio
     name = f"{job.split}/{job.label}/{job.family}/{job.label}-{job.split}-{job.index:05d}.flac"
     if job.accompaniment:
-        audio, stems = with_accompaniment(part, job.accompaniment, rng)
+        audio, stems = with_accompaniment(part, job.accompaniment, rng, job.split)
         if s["accompaniment_stems"]:  # each part as it is in the clip (before room, microphone and noise)
             for label, stem in zip([job.label, *(name for name, _, _ in job.accompaniment)], stems, strict=True):
                 _write_flac(Path(s["output"]) / "clip_stems" / Path(name).with_suffix("") / f"{label}.flac", stem)
@@ -242,7 +249,9 @@ def render_clip(job: ClipJob) -> ClipResult:
     )
 
 
-def with_accompaniment(part: Part, accompaniment, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+def with_accompaniment(
+    part: Part, accompaniment, rng: np.random.Generator, split: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """``part`` over its accompanying instruments, each a phrase in its tempo and key at its RMS level
     (dB against ``part``), the sum brought back to ``part``'s peak; and each part as it is in the sum."""
     s = _settings
@@ -250,7 +259,7 @@ def with_accompaniment(part: Part, accompaniment, rng: np.random.Generator) -> t
     lead_rms = np.sqrt(np.mean(lead**2))
     stems = [lead]
     for label, name, level_db in accompaniment:
-        other = render_part(s["sources"][name], label, s["clip_seconds"], rng, with_phrase=part.phrase)
+        other = render_part(s["sources"][name], label, s["clip_seconds"], rng, with_phrase=part.phrase, split=split)
         audio = other.audio.astype(np.float64)
         stems.append(audio / np.sqrt(np.mean(audio**2)) * lead_rms * 10 ** (level_db / 20))
     gain = np.abs(lead).max() / np.abs(np.sum(stems, axis=0)).max()
@@ -266,7 +275,9 @@ def render_mixture(job: MixtureJob) -> MixtureResult:
     rng = np.random.default_rng(job.seed)
     stems = []
     for label, name, level_db in zip(job.labels, job.sources, job.levels_db, strict=True):
-        part = render_part(s["sources"][name], label, job.seconds, rng, longest=s["mixture_seconds_max"])
+        part = render_part(
+            s["sources"][name], label, job.seconds, rng, longest=s["mixture_seconds_max"], split=job.split
+        )
         audio = part.audio.astype(np.float64)
         stems.append(audio / np.sqrt(np.mean(audio**2)) * 10 ** (level_db / 20))
     mix = np.sum(stems, axis=0)
@@ -634,6 +645,12 @@ def synth(cfg: DictConfig) -> Path:
         _check_mixtures(cfg)
     if cfg.accompaniment.probability:
         _check_accompaniment(cfg)
+    f = cfg.few_samples
+    if not 0 <= f.probability <= 1 or len(f.samples) != 2 or not 1 <= f.samples[0] <= f.samples[1]:
+        raise AmirError(
+            f"few_samples.probability={f.probability} samples={list(f.samples)}: give a share in [0, 1] (0: off) "
+            "and a range [low, high] of sampled notes with 1 <= low <= high"
+        )
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
@@ -658,6 +675,11 @@ def synth(cfg: DictConfig) -> Path:
         "mixture_stems": bool(cfg.mixtures.stems),
         "accompaniment_stems": bool(cfg.accompaniment.stems),
         "mixture_seconds_max": float(cfg.mixtures.seconds[1]),
+        "few_samples": {
+            "probability": float(cfg.few_samples.probability),
+            "samples": tuple(cfg.few_samples.samples),
+            "splits": set(cfg.few_samples.splits),
+        },
     }
     output.mkdir(parents=True, exist_ok=True)
     # 16-bit samples: FLAC takes about half, so this errs on the safe side (stems, when asked for, not counted)

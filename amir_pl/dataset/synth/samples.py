@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,16 @@ class Instrument:
         if (wanted, layer) not in kit:
             kit[(wanted, layer)] = int(rng.integers(len(fits)))
         return fits[kit[(wanted, layer)] % len(fits)], wanted
+
+    def with_few_samples(self, count: int, rng: np.random.Generator) -> Instrument:
+        """This instrument with only ``count`` of its sampled notes (drawn, every layer of each kept):
+        each note then plays the nearest of them, transposed, as a library of one or two samples an
+        instrument sounds (``few_samples`` in conf/synth.yaml). Drums are returned whole."""
+        keys = sorted({sample.key for sample in self.samples})
+        if self.drums or count >= len(keys):
+            return self
+        kept = {keys[i] for i in rng.choice(len(keys), size=count, replace=False)}
+        return replace(self, samples=[sample for sample in self.samples if sample.key in kept])
 
 
 def _layer_of(path: Path, layers: list[str]) -> int:
