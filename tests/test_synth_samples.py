@@ -331,6 +331,11 @@ def test_few_samples_in_training_clips_only_and_named_in_the_manifest(compose_cf
         same = (output / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
         melodic_train = row["split"] == "train" and row["label"] != "drums"
         assert marked == melodic_train and same == (not melodic_train), row  # no draw for drums, val, test
-    for bad in ("few_samples.probability=2", "few_samples.samples=[0,2]", "few_samples.samples=[3,2]"):
+    for bad in (
+        "few_samples.probability=2",
+        "few_samples.samples=[0,2]",
+        "few_samples.samples=[3,2]",
+        "few_samples.splits=[trian]",
+    ):
         with pytest.raises(AmirError, match="few_samples"):
             _render(compose_cfg, tmp_path / "bad", library, bad)

@@ -192,9 +192,9 @@ def render_part(
         else:
             player = players[int(rng.integers(len(players)))]
             played = player.name
-            few = s["few_samples"]
+            few = s["few_samples"]  # no draw when off, outside its splits or for drums: those renders stay as they were
             if few["probability"] and split in few["splits"] and not player.drums and rng.random() < few["probability"]:
-                count = int(rng.integers(few["samples"][0], few["samples"][1] + 1))  # no draw when off
+                count = int(rng.integers(few["samples"][0], few["samples"][1] + 1))
                 player = player.with_few_samples(count, rng)
                 played = f"{played} [{count} of its notes]"
             program, reverb, chorus = None, 0.0, 0.0
@@ -650,6 +650,10 @@ def synth(cfg: DictConfig) -> Path:
         raise AmirError(
             f"few_samples.probability={f.probability} samples={list(f.samples)}: give a share in [0, 1] (0: off) "
             "and a range [low, high] of sampled notes with 1 <= low <= high"
+        )
+    if unknown := sorted(set(f.splits) - set(cfg.splits)):
+        raise AmirError(
+            f"few_samples.splits={list(f.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
         )
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
