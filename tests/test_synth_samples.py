@@ -294,7 +294,7 @@ def test_a_note_far_from_every_sample_is_played_an_octave_nearer(library):
     assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), 440.0 * 2 ** ((86 - 69) / 12))) < 3
 
 
-def test_few_samples_keeps_some_sampled_notes_in_every_layer_and_drums_whole(library):
+def test_few_samples_keeps_some_sampled_notes_in_every_layer_and_drums_whole(library, tmp_path):
     flute = build_instrument(library, FLUTE[0])  # samples at 57, 69, 72, 78
     kit = build_instrument(library, KIT[0])
     draws = [flute.with_few_samples(2, np.random.default_rng(seed)) for seed in range(20)]
@@ -302,40 +302,61 @@ def test_few_samples_keeps_some_sampled_notes_in_every_layer_and_drums_whole(lib
         assert len(few.samples) == 2 and {s.key for s in few.samples} <= {57, 69, 72, 78}
         assert few.samples[0].key != few.samples[1].key
     assert len({tuple(s.key for s in few.samples) for few in draws}) > 2  # drawn, not always the same two
-    assert [s.key for s in flute.with_few_samples(2, np.random.default_rng(3)).samples] == [
-        s.key for s in flute.with_few_samples(2, np.random.default_rng(3)).samples
-    ]
+
+    def keys(seed):
+        return [s.key for s in flute.with_few_samples(2, np.random.default_rng(seed)).samples]
+
+    assert keys(3) == keys(3)  # from the generator alone
     assert len(flute.samples) == 4  # the instrument itself is untouched
-    assert flute.with_few_samples(9, np.random.default_rng(0)) is flute
+    assert flute.with_few_samples(9, np.random.default_rng(0)) is flute  # no fewer than asked: whole
     assert kit.with_few_samples(1, np.random.default_rng(0)) is kit  # one-shots: every drum kept
+    for name, midi in (("A3", 57), ("A4", 69), ("C5", 72)):  # a melodic instrument in two velocity layers
+        for layer in ("soft", "hard"):
+            write_note(tmp_path / "layered" / f"{name}_{layer}.wav", 440.0 * 2 ** ((midi - 69) / 12), seconds=0.5)
+    layered = build_instrument(tmp_path, {"name": "layered", "folder": "layered", "layers": ["soft", "hard"]})
+    one = layered.with_few_samples(1, np.random.default_rng(0))
+    assert len({s.key for s in one.samples}) == 1 and sorted(s.layer for s in one.samples) == [0, 1]
 
 
 def test_few_samples_plays_every_note_from_the_kept_one_transposed(library):
     renderer = MultisampleRenderer(RATE, 8.0)
-    flute = build_instrument(library, FLUTE[0])
+    flute = build_instrument(library, FLUTE[0])  # samples at 57, 69, 72, 78
     one = flute.with_few_samples(1, np.random.default_rng(1))
     (kept,) = one.samples
+    key = next(
+        k
+        for k in range(50, 90)
+        if abs(k - kept.key) == 5 and flute.pick(k, 100, np.random.default_rng(0), {})[0] is not kept
+    )
+    assert (
+        one.pick(key, 100, np.random.default_rng(0), {})[0] is kept
+    )  # the whole flute has a nearer sample; this one plays the kept
     phrase = Phrase("test", 120.0)
-    phrase.note(0.1, 2.0, kept.key + 5, 100)  # a note that the whole flute plays from a nearer sample
+    phrase.note(0.1, 2.0, key, 100)
     audio = renderer.play(one, phrase, 3 * RATE, np.random.default_rng(0))
-    wanted = 440.0 * 2 ** ((kept.key + 5 - 69) / 12)
+    wanted = 440.0 * 2 ** ((key - 69) / 12)
     assert abs(cents(frequency(audio[int(0.2 * RATE) : int(2.0 * RATE)], RATE), wanted)) < 3
 
 
 def test_few_samples_in_training_clips_only_and_named_in_the_manifest(compose_cfg, library, tmp_path):
-    few = ("num_workers=1", "few_samples.probability=1", "few_samples.samples=[1,1]")
+    few = ("num_workers=1", "few_samples.probability=1", "few_samples.samples=[1,1]", "accompaniment.probability=1")
     output = _render(compose_cfg, tmp_path / "few", library, *few, "splits.test.fraction=0")
-    plain = _render(compose_cfg, tmp_path / "plain", library, "num_workers=1", "splits.test.fraction=0")
+    plain = _render(
+        compose_cfg,
+        tmp_path / "plain",
+        library,
+        "num_workers=1",
+        "accompaniment.probability=1",
+        "splits.test.fraction=0",
+    )
     for row in _manifest(output):
         marked = row["instrument"].endswith("[1 of its notes]")
         same = (output / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
         melodic_train = row["split"] == "train" and row["label"] != "drums"
-        assert marked == melodic_train and same == (not melodic_train), row  # no draw for drums, val, test
-    for bad in (
-        "few_samples.probability=2",
-        "few_samples.samples=[0,2]",
-        "few_samples.samples=[3,2]",
-        "few_samples.splits=[trian]",
-    ):
+        assert marked == (melodic_train and row["label"] == "flute"), row  # the organ has one note: played whole
+        assert same == (row["split"] != "train"), row  # validation clips and their accompaniment: no draw
+    for bad in ("probability=2", "samples=[0,2]", "samples=[3,2]", "splits=[trian]"):
         with pytest.raises(AmirError, match="few_samples"):
-            _render(compose_cfg, tmp_path / "bad", library, bad)
+            _render(compose_cfg, tmp_path / "bad", library, "few_samples.probability=0.5", f"few_samples.{bad}")
+    # Off, its options are not read: a render without a training split keeps the default splits=[train].
+    _render(compose_cfg, tmp_path / "test_only", library, "num_workers=1", "~splits.train", "~splits.val")

@@ -152,7 +152,8 @@ def render_part(
     rng: np.random.Generator,
     longest: float | None = None,
     with_phrase: Phrase | None = None,
-    split: str = "",
+    *,
+    split: str,
 ) -> Part:
     """``seconds`` of a phrase of ``label`` played by ``source``, everything drawn from ``rng``,
     peak-normalised to a random peak in ``peak_range``; a phrase that renders (almost) silent is
@@ -195,8 +196,8 @@ def render_part(
             few = s["few_samples"]  # no draw when off, outside its splits or for drums: those renders stay as they were
             if few["probability"] and split in few["splits"] and not player.drums and rng.random() < few["probability"]:
                 count = int(rng.integers(few["samples"][0], few["samples"][1] + 1))
-                player = player.with_few_samples(count, rng)
-                played = f"{played} [{count} of its notes]"
+                if (fewer := player.with_few_samples(count, rng)) is not player:
+                    player, played = fewer, f"{played} [{count} of its notes]"
             program, reverb, chorus = None, 0.0, 0.0
             phrase = compose_phrase(instrument, seconds, rng, **shared)
             audio = sampler.play(player, phrase, frames, rng)
@@ -627,6 +628,20 @@ def _check_accompaniment(cfg: DictConfig) -> None:
         )
 
 
+def _check_few_samples(cfg: DictConfig) -> None:
+    """The ``few_samples`` options make sense together; else one line naming the option."""
+    f = cfg.few_samples
+    if not 0 <= f.probability <= 1 or len(f.samples) != 2 or not 1 <= f.samples[0] <= f.samples[1]:
+        raise AmirError(
+            f"few_samples.probability={f.probability} samples={list(f.samples)}: give a share in [0, 1] (0: off) "
+            "and a range [low, high] of sampled notes with 1 <= low <= high"
+        )
+    if unknown := sorted(set(f.splits) - set(cfg.splits)):
+        raise AmirError(
+            f"few_samples.splits={list(f.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
+        )
+
+
 def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
@@ -645,16 +660,8 @@ def synth(cfg: DictConfig) -> Path:
         _check_mixtures(cfg)
     if cfg.accompaniment.probability:
         _check_accompaniment(cfg)
-    f = cfg.few_samples
-    if not 0 <= f.probability <= 1 or len(f.samples) != 2 or not 1 <= f.samples[0] <= f.samples[1]:
-        raise AmirError(
-            f"few_samples.probability={f.probability} samples={list(f.samples)}: give a share in [0, 1] (0: off) "
-            "and a range [low, high] of sampled notes with 1 <= low <= high"
-        )
-    if unknown := sorted(set(f.splits) - set(cfg.splits)):
-        raise AmirError(
-            f"few_samples.splits={list(f.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
-        )
+    if cfg.few_samples.probability:
+        _check_few_samples(cfg)
     renderer = available_renderer(cfg.renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
