@@ -11,6 +11,7 @@ from amir_pl.features.audio import MelFrontEnd, frame_rms, probe, read_clips
 from amir_pl.features.params import FeatureParams
 from amir_pl.inference.predict import Scorer, _batch_size, aggregate, last_level_cache_bytes, predict
 from amir_pl.inference.tta import tta_warps, warped_views
+from amir_pl.training.augment import mel_centres
 from amir_pl.training.module import load_checkpoint
 
 
@@ -274,13 +275,8 @@ class _Trained:
 
 def test_test_time_warps_auto_span_the_pitch_range_a_checkpoint_was_trained_with(checkpoint):
     assert tta_warps("auto", [_Trained({"pitch_semitones": 2.0})]) == (-2.0, -1.0, 0.0, 1.0, 2.0)
-    assert tta_warps("auto", [_Trained({"pitch_semitones": 4.0}), _Trained({"pitch_semitones": 2.0})]) == (
-        -2.0,
-        -1.0,
-        0.0,
-        1.0,
-        2.0,
-    )  # an ensemble: the smallest range of its members
+    ensemble = [_Trained({"pitch_semitones": 4.0}), _Trained({"pitch_semitones": 2.0})]
+    assert tta_warps("auto", ensemble) == (-2.0, -1.0, 0.0, 1.0, 2.0)  # the smallest range of its members
     assert tta_warps("auto", [_Trained(None)]) == ()  # experiment=paper: no augmentation, no warps
     no_augment = _Trained(None)
     no_augment.hparams = {}  # a checkpoint from before augmentation was a hyperparameter
@@ -294,8 +290,6 @@ def test_test_time_warps_auto_span_the_pitch_range_a_checkpoint_was_trained_with
 
 
 def test_warped_views_are_the_same_warp_for_power_and_decibel_windows():
-    from amir_pl.training.augment import mel_centres
-
     features = {"n_fft": 512, "f_min": 0.0, "f_max": 8000.0, "n_mels": 32, "sample_rate": 16000}
     centres = mel_centres(features)
     power = torch.rand(3, 32, 10, generator=torch.Generator().manual_seed(0)) ** 4 + 1e-6
