@@ -29,6 +29,8 @@ OPTIONS = {
     "gain_db": {"gain_db": 6.0},
     "eq_db": {"eq_db": 9.0},
     "time_shift": {"time_shift": 0.5},
+    "time_stretch": {"time_stretch": 0.25},
+    "lowpass": {"lowpass_p": 1.0, "lowpass_min_hz": 1000.0},
     "pitch": {"pitch_semitones": 2.0},
     "mixstyle": {"mixstyle_p": 1.0},
     "mixup": {"mixup_alpha": 0.3},
@@ -91,6 +93,36 @@ def test_pitch_shift_moves_a_partial_to_the_band_a_few_semitones_away(monkeypatc
     moved = int(out[0, :, 0].argmax())
     wanted = centres[band] * 2 ** (4 / 12)
     assert moved > band and abs(float(centres[moved]) - float(wanted)) <= float(centres[moved + 1] - centres[moved])
+
+
+def test_time_stretch_moves_an_onset_by_the_drawn_rate_and_keeps_the_bands(monkeypatch):
+    db = torch.full((2, 32, 33), -60.0)
+    db[:, 5, 12] = 0.0  # one onset at frame 12, band 5
+    augment = _augment("db", time_stretch=1.0)
+    rates = torch.tensor([[2.0], [0.5]])  # frames of the clip read per frame out: twice as fast, twice as slow
+    monkeypatch.setattr(augment, "_uniform", lambda shape, bound, device: torch.log(rates))
+    out, _ = augment(db, torch.tensor([0, 0]))
+    # rate 2 reads frame 12 at output frame 6 (twice as fast); rate 0.5 reads it at frame 24 (twice as slow)
+    assert int(out[0, 5].argmax()) == 6 and int(out[1, 5].argmax()) == 24
+    assert (out[:, [0, 1, 2, 3, 4, 6, 7]] == -60.0).all()  # no other band gains anything
+    with pytest.raises(AmirError, match="time_stretch"):
+        _augment("db", time_stretch=-0.1)
+
+
+def test_lowpass_cuts_the_bands_above_the_drawn_cutoff_by_its_slope_and_keeps_the_floor(monkeypatch):
+    centres = mel_centres(FEATURES)
+    db = torch.zeros((1, 32, 33))
+    db[0, 0, 0] = -50.0  # the clip's floor
+    augment = _augment("db", lowpass_p=1.0, lowpass_min_hz=2000.0)
+    cutoff = float(centres[20])
+    monkeypatch.setattr(torch, "rand", lambda shape, device=None: torch.zeros(shape))  # the lowest cutoff; chosen
+    monkeypatch.setattr(augment, "lowpass_min_hz", cutoff)
+    out, _ = augment(db, torch.tensor([0]))
+    wanted = -60.0 * torch.log2(centres / cutoff).clamp_min(0)
+    torch.testing.assert_close(out[0, :, 5], wanted.clamp_min(-50.0))
+    assert (out[0, :21, 5] == 0).all() and out[0, 21, 5] < 0 and out.min() == -50.0
+    with pytest.raises(AmirError, match="lowpass_min_hz"):
+        _augment("db", lowpass_p=0.5, lowpass_min_hz=float(centres[-1]) + 1)
 
 
 def test_experiment_paper_keeps_the_thesis_input_and_no_augmentation(compose_cfg, tiny_h5):

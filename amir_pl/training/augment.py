@@ -1,6 +1,6 @@
 """Augmentation of training batches on the device that trains (GPU or CPU), for recognition that
-transfers to recordings from other sources: random EQ curves and gain, time shift, pitch shift by
-warping the mel axis, Freq-MixStyle, mixup, SpecAugment masks, and mixing clips of the batch into
+transfers to recordings from other sources: random EQ curves and gain, low-pass filters, time shift, time
+stretch, pitch shift by warping the mel axis, Freq-MixStyle, mixup, SpecAugment masks, and mixing clips of the batch into
 polyphony (an instrument over others, for recognising the predominant ones in music).
 
 Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, and what
@@ -9,7 +9,7 @@ Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, a
 device, which ``amir-train`` seeds (``seed``; each DDP rank its own): the same seed gives the same
 batches, and a resumed run the batches the uninterrupted run would have had.
 
-Gain, EQ, shifts, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
+Gain, EQ, the low-pass, shifts, the stretch, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
 back); mixup and the batch mixing add power spectra, as mixing the recordings would.
 
 Targets: class indices pass through while nothing mixes (so ``augment=transfer`` trains exactly as
@@ -20,6 +20,8 @@ for one mixed in below it).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -28,6 +30,7 @@ from torch import nn
 from amir_pl.core.errors import AmirError
 
 AMIN = 1e-10  # the floor of the decibel conversion, as torchaudio's AmplitudeToDB
+LOWPASS_DB_PER_OCTAVE = 60.0  # the slope of the low-pass augmentation above its cutoff
 
 
 def to_db(x: torch.Tensor, scale: str) -> torch.Tensor:
@@ -82,7 +85,10 @@ class BatchAugment(nn.Module):
         gain_db: float = 0.0,  # each clip's level moves by up to +-gain_db
         eq_db: float = 0.0,  # a smooth random curve over the mel bands, up to +-eq_db
         eq_points: int = 6,  # control points of the curve
+        lowpass_p: float = 0.0,  # chance a clip loses its top: a low-pass at a cutoff drawn above lowpass_min_hz
+        lowpass_min_hz: float = 3000.0,
         time_shift: float = 0.0,  # circular shift by up to this fraction of the clip
+        time_stretch: float = 0.0,  # time axis played up to 1 + this times faster or slower (wrapping around)
         pitch_semitones: float = 0.0,  # mel axis warped by up to +-this many semitones
         mixstyle_p: float = 0.0,  # chance a clip's per-band statistics are mixed with another's
         mixstyle_alpha: float = 0.3,
@@ -104,6 +110,19 @@ class BatchAugment(nn.Module):
         self.num_classes = num_classes
         self.gain_db, self.eq_db, self.eq_points = float(gain_db), float(eq_db), int(eq_points)
         self.time_shift, self.pitch_semitones = float(time_shift), float(pitch_semitones)
+        self.register_buffer("centres", mel_centres(features), persistent=False)
+        top = float(self.centres[-1])
+        if not 0.0 <= lowpass_p <= 1.0 or (lowpass_p and not 0 < lowpass_min_hz < top):
+            raise AmirError(
+                f"augment.lowpass_p={lowpass_p}, lowpass_min_hz={lowpass_min_hz}: give a chance in [0, 1] and a "
+                f"lowest cutoff between 0 and the top mel band's centre, {top:.0f} Hz"
+            )
+        self.lowpass_p, self.lowpass_min_hz = float(lowpass_p), float(lowpass_min_hz)
+        if time_stretch < 0:
+            raise AmirError(
+                f"augment.time_stretch={time_stretch}: give 0 (off) or more (0.25: up to 1.25x faster or slower)"
+            )
+        self.time_stretch = float(time_stretch)
         self.mixstyle_p, self.mixstyle_alpha = float(mixstyle_p), float(mixstyle_alpha)
         self.mixup_alpha = float(mixup_alpha)
         low, high = (float(v) for v in mix_level_db)
@@ -130,7 +149,6 @@ class BatchAugment(nn.Module):
         self.time_masks = nn.ModuleList(
             torchaudio.transforms.TimeMasking(time_mask_width, iid_masks=True) for _ in range(int(time_masks))
         )
-        self.register_buffer("centres", mel_centres(features), persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (batch, n_mels, frames) as stored, ``y`` class indices or (batch, classes) targets in
@@ -141,6 +159,10 @@ class BatchAugment(nn.Module):
             db = db + self._level(db)
         if self.pitch_semitones:
             db = self._pitch_shift(db)
+        if self.lowpass_p:
+            db = self._lowpass(db)
+        if self.time_stretch:
+            db = self._time_stretch(db)
         if self.time_shift:
             db = self._time_shift(db)
         if self.mixstyle_p:
@@ -174,12 +196,40 @@ class BatchAugment(nn.Module):
         semitones = self._uniform((db.shape[0], 1), self.pitch_semitones, db.device)
         return warp_mel_axis(db, self.centres, semitones)
 
+    def _lowpass(self, db: torch.Tensor) -> torch.Tensor:
+        """With ``lowpass_p``, a clip is cut above a frequency drawn log-uniformly between ``lowpass_min_hz`` and
+        the top band, by LOWPASS_DB_PER_OCTAVE above it, down to no lower than the clip's own floor. A sampled note
+        carries nothing above half its sample's rate (sound fonts store many at 11-32 kHz), so how far up a
+        note reaches tells the sample set, not the instrument."""
+        batch = db.shape[0]
+        low, high = math.log(self.lowpass_min_hz), math.log(float(self.centres[-1]))
+        cutoff = torch.exp(low + torch.rand((batch, 1), device=db.device) * (high - low))
+        octaves = torch.log2(self.centres[None, :] / cutoff).clamp_min(0)
+        chosen = torch.rand((batch, 1), device=db.device) < self.lowpass_p
+        cut = torch.where(chosen, octaves * LOWPASS_DB_PER_OCTAVE, 0.0).unsqueeze(-1)
+        return torch.maximum(db - cut, db.amin(dim=(1, 2), keepdim=True))
+
     def _time_shift(self, db: torch.Tensor) -> torch.Tensor:
         batch, bands, frames = db.shape
         limit = int(self.time_shift * frames)
         shift = torch.randint(-limit, limit + 1, (batch, 1, 1), device=db.device)
         index = (torch.arange(frames, device=db.device).view(1, 1, -1) - shift) % frames
         return db.gather(2, index.expand(batch, bands, frames))
+
+    def _time_stretch(self, db: torch.Tensor) -> torch.Tensor:
+        """Each clip played at a rate drawn log-uniformly in [1 / (1 + s), 1 + s]: frame t takes the value at
+        t * rate, linearly between frames and wrapping around the clip (so a faster clip repeats its start, as
+        the circular time shift does). Notes' attacks and decays, a cue of timbre that differs between sample
+        sets, get shorter or longer; the pitch stays."""
+        batch, bands, frames = db.shape
+        rate = torch.exp(self._uniform((batch, 1), math.log1p(self.time_stretch), db.device))
+        position = (torch.arange(frames, device=db.device)[None, :] * rate) % frames
+        before = position.floor().long()
+        after = (before + 1) % frames
+        weight = (position - before).unsqueeze(1)
+        first = db.gather(2, before.unsqueeze(1).expand(-1, bands, -1))
+        second = db.gather(2, after.unsqueeze(1).expand(-1, bands, -1))
+        return first + weight * (second - first)
 
     def _beta(self, alpha: float, shape, device) -> torch.Tensor:
         """Beta(alpha, alpha) drawn on the device (a draw on the host and a copy would stall a GPU)."""
