@@ -253,6 +253,39 @@ def test_the_sigmoid_loss_fits_every_target_and_the_accompaniment_target_weights
         )
 
 
+def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_easy_absent_ones():
+    def module(**loss):
+        return AmirModule(
+            net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+            optimizer={"_target_": "torch.optim.Adam"},
+            class_names=TINY_CLASSES,
+            features=TINY_FEATURES.as_dict(),
+            input_shape=(32, 33),
+            objective="sigmoid",
+            **loss,
+        )
+
+    target = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0]])
+    logits = torch.tensor([[2.0, -4.0, -1.0, 0.5, 3.0], [-2.0, -6.0, 1.0, -1.0, 0.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    asl = module(negative_focus=4.0, negative_margin=0.05)
+    per_class = asl._loss(logits, target) * 2  # the mean over the two clips of the sum over the classes
+    p = torch.sigmoid(logits)
+    shifted = (p - 0.05).clamp_min(0)
+    expected = torch.where(target == 1, bce, -(shifted**4) * torch.log(1 - shifted))
+    torch.testing.assert_close(per_class, expected.sum())
+    assert float(expected[0, 1]) == 0.0 < float(bce[0, 1])  # p below the margin: an absent class that costs nothing
+    assert float(expected[0, 4]) < float(bce[0, 4])  # a confident mistake still costs, if less than in cross-entropy
+    torch.testing.assert_close(module(negative_focus=0.0, negative_margin=0.0)._loss(logits, target), bce.sum() / 2)
+    for bad in ({"negative_focus": -1.0}, {"negative_margin": 1.0}):
+        with pytest.raises(AmirError, match="asymmetric loss"):
+            module(**bad)
+    with pytest.raises(AmirError, match="objective=sigmoid"):
+        AmirModule(
+            asl.hparams.net, asl.hparams.optimizer, TINY_CLASSES, TINY_FEATURES.as_dict(), (32, 33), negative_focus=4.0
+        )
+
+
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
     """A sigmoid model trained with batch mixing on a file with targets, the checkpoint chosen on val/lrap."""

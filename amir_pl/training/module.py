@@ -78,6 +78,19 @@ def class_scores(logits: torch.Tensor, objective: str) -> torch.Tensor:
     return torch.sigmoid(logits) if objective == "sigmoid" else torch.softmax(logits, dim=1)
 
 
+def asymmetric_loss(logits: torch.Tensor, target: torch.Tensor, focus: float, margin: float) -> torch.Tensor:
+    """Per class, the asymmetric loss of Ridnik et al. (ICCV 2021) with no focusing on present classes:
+    binary cross-entropy where the target is 1, and where it is 0 the absent class's term weighted by
+    ``p_m ** focus`` with ``p_m = max(p - margin, 0)``, so that the many easy absent classes of a clip count
+    little and those below ``margin`` not at all. Soft targets weigh the two terms. ``focus = margin = 0``
+    is binary cross-entropy."""
+    present = target * F.logsigmoid(logits)
+    shifted = (torch.sigmoid(logits) - margin).clamp_min(0)
+    log_absent = torch.log1p(-shifted) if margin else F.logsigmoid(-logits)  # 1 - shifted >= margin > 0
+    absent = (1 - target) * shifted.pow(focus) * log_absent
+    return -(present + absent)
+
+
 MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
 
 
@@ -162,6 +175,8 @@ class AmirModule(L.LightningModule):
         label_smoothing: float = 0.0,
         objective: str = "softmax",
         accompaniment_target: float = 0.0,
+        negative_focus: float = 0.0,
+        negative_margin: float = 0.0,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -172,6 +187,14 @@ class AmirModule(L.LightningModule):
         if objective == "sigmoid" and label_smoothing:
             raise AmirError(
                 "module.label_smoothing smooths a softmax target; with module.objective=sigmoid set it to 0"
+            )
+        if (negative_focus or negative_margin) and (
+            objective != "sigmoid" or negative_focus < 0 or not 0.0 <= negative_margin < 1.0
+        ):
+            raise AmirError(
+                f"module.negative_focus={negative_focus}, negative_margin={negative_margin}: the asymmetric loss "
+                "weighs the absent classes of a sigmoid model; give module.objective=sigmoid, a focus >= 0 (4 is "
+                "usual) and a margin in [0, 1) (0.05 is usual), or both 0 (binary cross-entropy)"
             )
         if not 0.0 <= accompaniment_target <= 1.0:
             raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
@@ -198,6 +221,8 @@ class AmirModule(L.LightningModule):
                 "label_smoothing": label_smoothing,
                 "objective": objective,
                 "accompaniment_target": accompaniment_target,
+                "negative_focus": negative_focus,
+                "negative_margin": negative_margin,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -276,11 +301,16 @@ class AmirModule(L.LightningModule):
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy (softmax; per-class targets are normalised into class probabilities) or binary
-        cross-entropy per class summed over the classes (sigmoid), averaged (or summed) over the clips."""
+        cross-entropy per class summed over the classes (sigmoid; the asymmetric loss with
+        ``negative_focus`` or ``negative_margin``), averaged (or summed) over the clips."""
         reduction = self.hparams.loss_reduction
         logits = logits.float()
         if self.objective == "sigmoid":
-            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+            focus, margin = self.hparams.get("negative_focus", 0.0), self.hparams.get("negative_margin", 0.0)
+            if focus or margin:
+                loss = asymmetric_loss(logits, target, focus, margin).sum(dim=1)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
             return loss.mean() if reduction == "mean" else loss.sum()
         if target.ndim == 2:
             target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
