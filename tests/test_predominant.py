@@ -277,6 +277,11 @@ def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_
     assert float(expected[0, 1]) == 0.0 < float(bce[0, 1])  # p below the margin: an absent class that costs nothing
     assert float(expected[0, 4]) < float(bce[0, 4])  # a confident mistake still costs, if less than in cross-entropy
     torch.testing.assert_close(module(negative_focus=0.0, negative_margin=0.0)._loss(logits, target), bce.sum() / 2)
+    # no margin (the log-sigmoid branch), on a soft target: each term weighted by the target
+    soft = torch.tensor([[1.0, 0.3, 0, 0, 0], [0, 0, 0, 1.0, 0]])
+    log_p, log_not_p = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
+    expected = -(soft * log_p + (1 - soft) * torch.sigmoid(logits) ** 2 * log_not_p)
+    torch.testing.assert_close(module(negative_focus=2.0)._loss(logits, soft) * 2, expected.sum())
     for bad in ({"negative_focus": -1.0}, {"negative_margin": 1.0}):
         with pytest.raises(AmirError, match="asymmetric loss"):
             module(**bad)

@@ -3,6 +3,8 @@ training split, carried by the checkpoint to evaluate, predict and export), batc
 (shape, determinism under a seed, each option), and experiment=paper untouched."""
 
 import json
+import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import FAST, TINY_CLASSES, TINY_FEATURES
+from omegaconf import OmegaConf
 from test_prepare import write_tone
 
 from amir_pl.core.errors import AmirError
@@ -100,8 +103,10 @@ def test_time_stretch_moves_an_onset_by_the_drawn_rate_and_keeps_the_bands(monke
     db[:, 5, 12] = 0.0  # one onset at frame 12, band 5
     augment = _augment("db", time_stretch=1.0)
     rates = torch.tensor([[2.0], [0.5]])  # frames of the clip read per frame out: twice as fast, twice as slow
-    monkeypatch.setattr(augment, "_uniform", lambda shape, bound, device: torch.log(rates))
+    bounds = []
+    monkeypatch.setattr(augment, "_uniform", lambda shape, bound, device: bounds.append(bound) or torch.log(rates))
     out, _ = augment(db, torch.tensor([0, 0]))
+    assert bounds == [pytest.approx(math.log(2.0))]  # time_stretch=1: rates log-uniform in [1/2, 2]
     # rate 2 reads frame 12 at output frame 6 (twice as fast); rate 0.5 reads it at frame 24 (twice as slow)
     assert int(out[0, 5].argmax()) == 6 and int(out[1, 5].argmax()) == 24
     assert (out[:, [0, 1, 2, 3, 4, 6, 7]] == -60.0).all()  # no other band gains anything
@@ -114,15 +119,28 @@ def test_lowpass_cuts_the_bands_above_the_drawn_cutoff_by_its_slope_and_keeps_th
     db = torch.zeros((1, 32, 33))
     db[0, 0, 0] = -50.0  # the clip's floor
     augment = _augment("db", lowpass_p=1.0, lowpass_min_hz=2000.0)
-    cutoff = float(centres[20])
+    cutoff = math.sqrt(float(centres[20] * centres[21]))  # between two bands, so rounding cannot move it across one
     monkeypatch.setattr(torch, "rand", lambda shape, device=None: torch.zeros(shape))  # the lowest cutoff; chosen
     monkeypatch.setattr(augment, "lowpass_min_hz", cutoff)
     out, _ = augment(db, torch.tensor([0]))
     wanted = -60.0 * torch.log2(centres / cutoff).clamp_min(0)
-    torch.testing.assert_close(out[0, :, 5], wanted.clamp_min(-50.0))
+    torch.testing.assert_close(out[0, :, 5], wanted.clamp_min(-50.0), atol=1e-3, rtol=0)  # the cutoff via exp(log)
     assert (out[0, :21, 5] == 0).all() and out[0, 21, 5] < 0 and out.min() == -50.0
-    with pytest.raises(AmirError, match="lowpass_min_hz"):
-        _augment("db", lowpass_p=0.5, lowpass_min_hz=float(centres[-1]) + 1)
+    for bad in ({"lowpass_p": 1.5}, {"lowpass_p": 0.5, "lowpass_min_hz": 0.0}, {"lowpass_min_hz": 1e6}):
+        with pytest.raises(AmirError, match="lowpass_min_hz"):
+            _augment("db", **{"lowpass_p": 0.5, **bad})
+
+
+def test_options_at_zero_are_never_applied(monkeypatch):
+    """Off means off: the recipes' yaml (the new options at 0) never call them, so older runs repeat exactly."""
+    for name in ("transfer", "full"):
+        options = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / f"conf/augment/{name}.yaml"))
+        del options["_target_"]
+        augment = _augment("db", **options)
+        for method in ("_lowpass", "_time_stretch"):
+            monkeypatch.setattr(augment, method, lambda db, method=method: pytest.fail(f"{method} ran while off"))
+        x, y = _batch("db")
+        augment(x, y)
 
 
 def test_experiment_paper_keeps_the_thesis_input_and_no_augmentation(compose_cfg, tiny_h5):

@@ -1,7 +1,8 @@
 """Augmentation of training batches on the device that trains (GPU or CPU), for recognition that
-transfers to recordings from other sources: random EQ curves and gain, low-pass filters, time shift, time
-stretch, pitch shift by warping the mel axis, Freq-MixStyle, mixup, SpecAugment masks, and mixing clips of the batch into
-polyphony (an instrument over others, for recognising the predominant ones in music).
+transfers to recordings from other sources: random EQ curves and gain, low-pass filters, time shift,
+time stretch, pitch shift by warping the mel axis, Freq-MixStyle, mixup, SpecAugment masks, and mixing
+clips of the batch into polyphony (an instrument over others, for recognising the predominant ones in
+music).
 
 Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, and what
 ``experiment=paper`` keeps) builds nothing. The module applies it at the start of
@@ -9,8 +10,9 @@ Chosen with ``augment=<name>`` (conf/augment/); ``augment=none`` (the default, a
 device, which ``amir-train`` seeds (``seed``; each DDP rank its own): the same seed gives the same
 batches, and a resumed run the batches the uninterrupted run would have had.
 
-Gain, EQ, the low-pass, shifts, the stretch, Freq-MixStyle and masks work on decibels (a ``power`` dataset is converted and
-back); mixup and the batch mixing add power spectra, as mixing the recordings would.
+Gain, EQ, the low-pass, shifts, the stretch, Freq-MixStyle and masks work on decibels (a ``power``
+dataset is converted and back); mixup and the batch mixing add power spectra, as mixing the recordings
+would.
 
 Targets: class indices pass through while nothing mixes (so ``augment=transfer`` trains exactly as
 before); mixup gives class probabilities, and batch mixing a target per class in [0, 1] (1 for the
@@ -118,6 +120,7 @@ class BatchAugment(nn.Module):
                 f"lowest cutoff between 0 and the top mel band's centre, {top:.0f} Hz"
             )
         self.lowpass_p, self.lowpass_min_hz = float(lowpass_p), float(lowpass_min_hz)
+        self.lowpass_top_hz = top  # a float here: reading it from a GPU buffer every step would stall
         if time_stretch < 0:
             raise AmirError(
                 f"augment.time_stretch={time_stretch}: give 0 (off) or more (0.25: up to 1.25x faster or slower)"
@@ -202,7 +205,7 @@ class BatchAugment(nn.Module):
         carries nothing above half its sample's rate (sound fonts store many at 11-32 kHz), so how far up a
         note reaches tells the sample set, not the instrument."""
         batch = db.shape[0]
-        low, high = math.log(self.lowpass_min_hz), math.log(float(self.centres[-1]))
+        low, high = math.log(self.lowpass_min_hz), math.log(self.lowpass_top_hz)
         cutoff = torch.exp(low + torch.rand((batch, 1), device=db.device) * (high - low))
         octaves = torch.log2(self.centres[None, :] / cutoff).clamp_min(0)
         chosen = torch.rand((batch, 1), device=db.device) < self.lowpass_p
