@@ -93,6 +93,21 @@ def test_note_names_and_midi_numbers_in_file_names():
     assert note_number("A-1.wav") == 9 and note_number("066-F#.wav") == 66
     assert note_number("Kick-Soft.wav") is None and note_number("bassdrum01.ogg") is None
     assert note_number("01-C4.wav") == 60  # a track number, not a MIDI key
+    assert note_number("D#4v8.ogg") == 63 and note_number("A0v12.ogg") == 21  # the Salamander piano's velocity
+
+
+def test_the_salamander_source_finds_its_three_velocity_packages(compose_cfg, tmp_path):
+    # conf/sources/salamander.yaml (optional, not in the default sources) against the npm packages' layout
+    packages = tmp_path / "salamander/node_modules/@audio-samples"
+    for velocity in (4, 8, 12):
+        for name, hz in (("A0", 27.5), ("C4", 261.63), ("D#4", 311.13)):
+            write_note(packages / f"piano-velocity{velocity}/audio/{name}v{velocity}.ogg", hz)
+    cfg = compose_cfg("synth", ["output=x", f"sources_dir={tmp_path}", "sources=[salamander]"])
+    spec = cfg.sources.salamander
+    assert spec.family == "salamander" and list(spec.instruments) == ["piano"]
+    pianos = [build_instrument(Path(spec.root), dict(entry)) for entry in spec.instruments.piano]
+    assert [p.name for p in pianos] == ["salamander-v4", "salamander-v8", "salamander-v12"]
+    assert all(sorted(s.key for s in p.samples) == [21, 60, 63] for p in pianos)
 
 
 @pytest.mark.parametrize("key", [69, 71, 74, 57, 61])
