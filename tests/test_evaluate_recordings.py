@@ -14,6 +14,7 @@ from amir_pl.inference.predict import aggregate
 from amir_pl.inference.recordings import (
     LabelledFile,
     best_threshold,
+    bootstrap_interval,
     evaluate_recordings,
     multilabel_summary,
     read_labelled,
@@ -113,6 +114,30 @@ def test_threshold_sweep_and_the_best_threshold():
     assert best_threshold(tie) == 0.2
 
 
+def test_bootstrap_interval_brackets_the_estimate_repeats_under_its_seed_and_narrows_with_more_files():
+    generator = torch.Generator().manual_seed(0)
+    target = (torch.rand(60, 5, generator=generator) < 0.3).int()
+    target[target.sum(dim=1) == 0, 0] = 1  # every file has a label, as LRAP needs
+    scores = (0.4 * target + 0.6 * torch.rand(60, 5, generator=generator)).clamp(0, 1)
+    plain = multilabel_summary(scores, target, 0.5, list("abcde"))
+    state = torch.random.get_rng_state()
+    booted = bootstrap_interval(scores, target, 0.5, resamples=300, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is left alone
+    assert (booted["resamples"], booted["level"], booted["seed"]) == (300, 0.95, 7)
+    for name, point in (("micro_f1", plain["micro"]["f1"]), ("lrap", plain["lrap"])):
+        low, high = booted[name]["interval"]
+        assert low < point < high and 0 < booted[name]["std"] < high - low
+    assert bootstrap_interval(scores, target, 0.5, resamples=300, seed=7) == booted
+    assert bootstrap_interval(scores, target, 0.5, resamples=300, seed=8)["lrap"] != booted["lrap"]
+    # the same files four times over: the same estimate, measured about twice as precisely
+    more = bootstrap_interval(scores.repeat(4, 1), target.repeat(4, 1), 0.5, resamples=300, seed=7)
+    for name in ("micro_f1", "lrap"):
+        width, narrower = (b[name]["interval"][1] - b[name]["interval"][0] for b in (booted, more))
+        assert 0.35 < narrower / width < 0.65
+    perfect = bootstrap_interval(target.float(), target, 0.5, resamples=50, seed=0)
+    assert perfect["lrap"] == {"interval": [1.0, 1.0], "std": 0.0} and perfect["micro_f1"]["interval"] == [1.0, 1.0]
+
+
 @pytest.fixture(scope="module")
 def val_and_test(tmp_path_factory):
     root = tmp_path_factory.mktemp("recordings")
@@ -152,6 +177,23 @@ def test_threshold_is_chosen_on_the_validation_list_and_reports_are_written(
     for name in ("per_class.csv", "precision_recall.png", "per_class_f1.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bootstrap_adds_an_interval_to_each_list_and_the_printout_only_when_asked(
+    compose_cfg, checkpoint, val_and_test, tmp_path, capsys
+):
+    val, test = val_and_test
+    summaries = run(compose_cfg, checkpoint, f"inputs={test}", f"val_inputs={val}", "threshold=val", "bootstrap=40")
+    for split in ("val", "test"):
+        booted = summaries[split]["bootstrap"]
+        assert booted["resamples"] == 40 and booted["seed"] == 12345
+        for name, point in (("micro_f1", summaries[split]["micro"]["f1"]), ("lrap", summaries[split]["lrap"])):
+            low, high = booted[name]["interval"]
+            assert 0 <= low <= point <= high <= 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["bootstrap"] == summaries["test"]["bootstrap"]
+    assert capsys.readouterr().out.count("95 % of 40 resamples of the files: micro F1 ") == 2
+    plain = run(compose_cfg, checkpoint, f"inputs={test}", "threshold=0.5")
+    assert "bootstrap" not in plain["test"] and "resamples" not in capsys.readouterr().out
 
 
 def test_file_scores_are_amir_predicts_aggregation_of_the_windows(compose_cfg, checkpoint, val_and_test, tmp_path):

@@ -63,6 +63,8 @@ class EvaluateRecordingsConfig:
     precision: str | None = MISSING
     progress: bool = MISSING
     tensorboard: bool = MISSING
+    bootstrap: int = MISSING  # resamples of the files for an interval of micro F1 and LRAP; 0: none
+    seed: int = MISSING
     paths: Any = MISSING
 
 
