@@ -458,3 +458,32 @@ def test_the_predominant_folds_table_reads_each_seeds_newest_runs_and_averages(t
     assert "| `fluid` | not run |" in partial and "1 of 2 folds run" in partial
     write("pfold_tim_36ep_seed12345", 0.30, (0.6, 0.8), (0.7, 0.9), 0.2)  # LOFO_TAG=_36ep: its own runs
     assert "| `tim` | 30.0 % |" in script.table(["tim"], ["12345"], tag="_36ep", root=tmp_path)
+
+
+def test_the_seed_mean_interval_script_averages_the_models_and_refuses_different_files(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "interval", Path(__file__).parents[1] / "scripts/seed_mean_interval.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def write(name, rows):
+        report = tmp_path / name
+        report.mkdir()
+        lines = ["split,file,labels,predicted,a,b,c"] + [f"test,{f},{labels},,{s}" for f, labels, s in rows]
+        (report / "per_file.csv").write_text("\n".join(lines) + "\n")
+        return report
+
+    # model 1 ranks every label first (LRAP 1); model 2 puts c above the label b of file y (LRAP (1 + 1/2) / 2)
+    one = write("one", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.8,0.3")])
+    two = write("two", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
+    models = [script.read_scores(report, "test")[1:] for report in (one, two)]
+    assert script.mean_lrap(models) == pytest.approx((1 + 0.75) / 2)
+    assert script.mean_lrap(models, torch.tensor([0, 0])) == 1.0  # a draw of file x twice
+    monkeypatch.setattr("sys.argv", ["seed_mean_interval.py", str(one), str(two), "--resamples", "200"])
+    script.main()
+    assert "2 models, 2 files: mean LRAP 0.8750; 95 % of 200 resamples 0." in capsys.readouterr().out
+    other = write("other", [("z", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
+    monkeypatch.setattr("sys.argv", ["seed_mean_interval.py", str(one), str(other)])
+    with pytest.raises(SystemExit, match="different files"):
+        script.main()
