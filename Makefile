@@ -91,7 +91,8 @@ mixtures: system-packages sources install
 # and MIXTURES validation (lmms) and test (tim) mixtures, the make mixtures ones; prepared from the
 # manifest (its multi-hot targets); experiment=predominant; the threshold chosen on the validation
 # mixtures, the test-family mixtures scored the IRMAS way; then both figures, mixtures and the solo
-# test clips of the held-out family (TRAIN_ARGS: more amir-train overrides, e.g. seed=1; SYNTH_ARGS: more
+# test clips of the held-out family, the mixtures' figures with their interval over 1,000 resamples of the
+# files (TRAIN_ARGS: more amir-train overrides, e.g. seed=1; SYNTH_ARGS: more
 # amir-synth overrides, e.g. another family in training, docs/data.md, "Sources").
 # Three melodic families in training (layout=families_generaluser: fluid, tonejs and generaluser) at 405 clips
 # a class (315 for training, the 45 validation and 45 test clips of layout=families at 300) for 36 epochs:
@@ -117,7 +118,7 @@ predominant: system-packages sources install
 	@run=$$(ls -td outputs/$(PREDOMINANT_TASK)/*/ | head -1); ckpt=$$(ls $${run}checkpoints/epoch*.ckpt | head -1); \
 	$(BIN)/amir-evaluate-recordings task_name=$(PREDOMINANT_TASK)_mixtures ckpt_path=$$ckpt progress=false \
 	  inputs=$(DATA)/predominant/mixtures/test val_inputs=$(DATA)/predominant/mixtures/val threshold=val \
-	  $(EVAL_ARGS) && \
+	  bootstrap=1000 $(EVAL_ARGS) && \
 	$(BIN)/python scripts/predominant_summary.py $$run $$(ls -td outputs/$(PREDOMINANT_TASK)_mixtures/*/ | head -1)
 
 # The results table (README, docs/results.md): (a) held-out soundfonts, (b) new phrases from the training fonts.

@@ -378,6 +378,12 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
     lines = script.summary(run, tmp_path).splitlines()
     assert f"micro F1 {summary['micro']['f1']:.3f}" in lines[0] and "mean of sigmoid scores" in lines[0]
     assert f"top-1 error {solo['top1_error']:.1%}" in lines[1] and lines[-1] == f"runs: {run} {tmp_path}"
+    booted = evaluate_recordings(
+        compose_cfg("evaluate_recordings", [*overrides, "threshold=0.5", "progress=false", "bootstrap=20"])
+    )["test"]["bootstrap"]
+    low, high = booted["lrap"]["interval"]
+    assert "95 % of 20 resamples of those files: micro F1 " in script.summary(run, tmp_path).splitlines()[1]
+    assert f"LRAP {low:.3f}-{high:.3f}" in script.summary(run, tmp_path).splitlines()[1]
 
 
 def test_test_time_warps_follow_the_checkpoints_pitch_training_and_average_the_warped_windows(
