@@ -25,15 +25,15 @@ def summary(train_run: Path, mixtures_run: Path) -> str:
         f"solo clips of the test family ({solo['n']} clips): top-1 error {solo['top1_error']:.1%}, "
         f"macro F {solo['f1_macro']:.3f}",
     ]
-    if booted := test.get("bootstrap"):  # amir-evaluate-recordings bootstrap=N
+    if val:
+        lines.insert(1, f"  validation mixtures: micro F1 {val['micro']['f1']:.3f}, LRAP {val['lrap']:.3f}")
+    if booted := test.get("bootstrap"):  # amir-evaluate-recordings bootstrap=N: right under the test figures
         (f1_low, f1_high), (lrap_low, lrap_high) = booted["micro_f1"]["interval"], booted["lrap"]["interval"]
         lines.insert(
             1,
-            f"  {100 * booted['level']:.0f} % of {booted['resamples']} resamples of those files: micro F1 "
+            f"  {100 * booted['level']:.0f} % of {booted['resamples']} resamples of the test mixtures: micro F1 "
             f"{f1_low:.3f}-{f1_high:.3f}, LRAP {lrap_low:.3f}-{lrap_high:.3f}",
         )
-    if val:
-        lines.insert(1, f"  validation mixtures: micro F1 {val['micro']['f1']:.3f}, LRAP {val['lrap']:.3f}")
     lines.append(f"runs: {train_run} {mixtures_run}")
     return "\n".join(lines)
 

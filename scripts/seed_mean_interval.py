@@ -1,6 +1,7 @@
 """How precisely a list of labelled recordings measures the mean LRAP of several models (seeds) scored on
 it: the files resampled with replacement, the same draw for every model, and the models' mean recomputed
-each time from their `amir-evaluate-recordings` reports (`per_file.csv`). One model: `bootstrap=N` there.
+each time from their `amir-evaluate-recordings` reports (`per_file.csv`, whose scores are rounded to 4
+decimals). One model: `bootstrap=N` there.
 
     python scripts/seed_mean_interval.py outputs/gu36_s{12345,1,2,3}_tta_mixtures/<run>/ [--split test]
 """
@@ -14,16 +15,19 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.classification import multilabel_ranking_average_precision
 
-FIRST_CLASS_COLUMN = 4  # split, file, labels, predicted, then one score column per class
 
-
-def read_scores(report: Path, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def read_scores(report: Path, split: str) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
+    """The files, classes, scores and 0/1 targets of one split of a report's per_file.csv."""
     with (report / "per_file.csv").open() as f:
-        rows = [row for row in csv.DictReader(f) if row["split"] == split]
-    classes = list(rows[0])[FIRST_CLASS_COLUMN:]
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = [row for row in reader if row["split"] == split]
+    if not rows:
+        raise SystemExit(f"{report / 'per_file.csv'}: no files of split {split!r} (--split)")
+    classes = columns[columns.index("predicted") + 1 :]  # one score column per class after the predicted ones
     scores = torch.tensor([[float(row[name]) for name in classes] for row in rows])
     target = torch.tensor([[int(name in row["labels"].split(";")) for name in classes] for row in rows])
-    return [row["file"] for row in rows], scores, target
+    return [row["file"] for row in rows], classes, scores, target
 
 
 def mean_lrap(models: list[tuple[torch.Tensor, torch.Tensor]], index: torch.Tensor | None = None) -> float:
@@ -42,11 +46,12 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.80, help="also say how many draws reach this LRAP")
     args = parser.parse_args()
     read = [read_scores(report, args.split) for report in args.reports]
-    if any(files != read[0][0] for files, _, _ in read):
-        raise SystemExit("the reports scored different files: compare models on the same list")
-    models = [(scores, target) for _, scores, target in read]
+    if any(files != read[0][0] or classes != read[0][1] for files, classes, _, _ in read):
+        raise SystemExit("the reports scored different files or classes: compare models on the same list")
+    models = [(scores, target) for _, _, scores, target in read]
     n = len(read[0][0])
     generator = torch.Generator().manual_seed(args.seed)
     draws = torch.tensor(
@@ -55,7 +60,7 @@ def main() -> None:
     low, high = torch.quantile(draws, torch.tensor([0.025, 0.975])).tolist()
     print(
         f"{len(models)} models, {n} files: mean LRAP {mean_lrap(models):.4f}; 95 % of {args.resamples} resamples "
-        f"{low:.3f}-{high:.3f} (std {float(draws.std()):.3f}), {100 * float((draws >= 0.80).float().mean()):.0f} % at 0.80 or above"
+        f"{low:.3f}-{high:.3f} (std {float(draws.std()):.3f}), {100 * float((draws >= args.target).float().mean()):.0f} % at {args.target:.2f} or above"
     )
 
 

@@ -220,6 +220,9 @@ def test_errors_name_the_option_and_the_fix(compose_cfg, checkpoint, val_and_tes
         run(compose_cfg, checkpoint, f"inputs={test}", "threshold=1.0")
     with pytest.raises(AmirError, match="no labelled recording could be scored"):
         run(compose_cfg, checkpoint, f"inputs={test / 't3.wav'}")
+    for resamples in (1, -3):
+        with pytest.raises(AmirError, match=rf"bootstrap={resamples}: give the number of resamples \(2 or more"):
+            run(compose_cfg, checkpoint, f"inputs={test}", f"bootstrap={resamples}")
     assert not (tmp_path / "metrics.json").exists()
 
 

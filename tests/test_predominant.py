@@ -382,8 +382,14 @@ def test_a_sigmoid_checkpoint_scores_per_class_in_predict_evaluate_recordings_an
         compose_cfg("evaluate_recordings", [*overrides, "threshold=0.5", "progress=false", "bootstrap=20"])
     )["test"]["bootstrap"]
     low, high = booted["lrap"]["interval"]
-    assert "95 % of 20 resamples of those files: micro F1 " in script.summary(run, tmp_path).splitlines()[1]
-    assert f"LRAP {low:.3f}-{high:.3f}" in script.summary(run, tmp_path).splitlines()[1]
+    interval = script.summary(run, tmp_path).splitlines()[1]
+    assert interval.startswith("  95 % of 20 resamples of the test mixtures: micro F1 ")
+    assert interval.endswith(f"LRAP {low:.3f}-{high:.3f}")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved["val"] = {"micro": {"f1": 0.5}, "lrap": 0.75, "n": 3}  # as with threshold=val: under the interval
+    (tmp_path / "metrics.json").write_text(json.dumps(saved))
+    lines = script.summary(run, tmp_path).splitlines()
+    assert lines[1] == interval and lines[2] == "  validation mixtures: micro F1 0.500, LRAP 0.750"
 
 
 def test_test_time_warps_follow_the_checkpoints_pitch_training_and_average_the_warped_windows(
@@ -466,30 +472,46 @@ def test_the_predominant_folds_table_reads_each_seeds_newest_runs_and_averages(t
     assert "| `tim` | 30.0 % |" in script.table(["tim"], ["12345"], tag="_36ep", root=tmp_path)
 
 
-def test_the_seed_mean_interval_script_averages_the_models_and_refuses_different_files(tmp_path, monkeypatch, capsys):
+def test_the_seed_mean_interval_script_averages_the_models_on_shared_draws_and_refuses_other_lists(
+    tmp_path, monkeypatch, capsys
+):
     spec = importlib.util.spec_from_file_location(
         "interval", Path(__file__).parents[1] / "scripts/seed_mean_interval.py"
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
-    def write(name, rows):
+    def write(name, rows, classes="a,b,c"):
         report = tmp_path / name
         report.mkdir()
-        lines = ["split,file,labels,predicted,a,b,c"] + [f"test,{f},{labels},,{s}" for f, labels, s in rows]
+        lines = [f"split,file,labels,predicted,{classes}"] + [f"test,{f},{labels},,{s}" for f, labels, s in rows]
         (report / "per_file.csv").write_text("\n".join(lines) + "\n")
         return report
 
-    # model 1 ranks every label first (LRAP 1); model 2 puts c above the label b of file y (LRAP (1 + 1/2) / 2)
-    one = write("one", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.8,0.3")])
-    two = write("two", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
-    models = [script.read_scores(report, "test")[1:] for report in (one, two)]
-    assert script.mean_lrap(models) == pytest.approx((1 + 0.75) / 2)
-    assert script.mean_lrap(models, torch.tensor([0, 0])) == 1.0  # a draw of file x twice
-    monkeypatch.setattr("sys.argv", ["seed_mean_interval.py", str(one), str(two), "--resamples", "200"])
-    script.main()
-    assert "2 models, 2 files: mean LRAP 0.8750; 95 % of 200 resamples 0." in capsys.readouterr().out
-    other = write("other", [("z", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
-    monkeypatch.setattr("sys.argv", ["seed_mean_interval.py", str(one), str(other)])
-    with pytest.raises(SystemExit, match="different files"):
+    def run(*argv):
+        monkeypatch.setattr("sys.argv", ["seed_mean_interval.py", *map(str, argv)])
         script.main()
+        return capsys.readouterr().out
+
+    # model one misranks file y (c above its label b: LRAP 1/2), model two file x (c above a): each 0.75
+    one = write("one", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
+    two = write("two", [("x", "a", "0.5,0.1,0.8"), ("y", "b", "0.1,0.8,0.3")])
+    models = [script.read_scores(report, "test")[2:] for report in (one, two)]
+    assert script.mean_lrap(models) == pytest.approx(0.75)
+    assert script.mean_lrap(models, torch.tensor([0, 0])) == pytest.approx(0.75)  # x twice: 1 and 1/2
+    # drawn together, every draw of the two files gives the mean 0.75: the interval has no width; drawn
+    # apart (each model its own files) it would spread from 0.5 to 1
+    assert "2 models, 2 files: mean LRAP 0.7500; 95 % of 200 resamples 0.750-0.750 (std 0.000), 0 % at 0.80" in run(
+        one, two, "--resamples", "200"
+    )
+    alone = run(one, "--resamples", "400", "--target", "0.9")  # one model: x twice (1) in a quarter of the draws
+    assert "1 models, 2 files: mean LRAP 0.7500; 95 % of 400 resamples 0.500-1.000" in alone
+    assert 15 <= int(alone.split(" % at 0.90")[0].rsplit(" ", 1)[1]) <= 35
+    other = write("other", [("z", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
+    with pytest.raises(SystemExit, match="different files or classes"):
+        run(one, other)
+    renamed = write("renamed", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")], classes="a,b,d")
+    with pytest.raises(SystemExit, match="different files or classes"):
+        run(one, renamed)
+    with pytest.raises(SystemExit, match="no files of split 'val'"):
+        run(one, "--split", "val")

@@ -219,7 +219,7 @@ def bootstrap_interval(
 ) -> dict:
     """How precisely this list of files measures micro F1 and LRAP: the files drawn with replacement
     ``resamples`` times (torchmetrics' BootStrapper), the central ``level`` of the draws and their spread.
-    Seeded, and the global random state is left as it was."""
+    Seeded (the same draws for both), and the global random state is left as it was."""
     n_classes = target.shape[1]
     metrics = {
         "micro_f1": MultilabelF1Score(n_classes, threshold=threshold, average="micro"),
@@ -228,8 +228,8 @@ def bootstrap_interval(
     quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2])
     result = {"resamples": int(resamples), "level": float(level), "seed": int(seed)}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
         for name, metric in metrics.items():
+            torch.manual_seed(seed)  # the same draws of files for both figures
             booted = BootStrapper(metric, num_bootstraps=resamples, quantile=quantiles, sampling_strategy="multinomial")
             booted.update(scores, target.int())
             drawn = booted.compute()
@@ -313,6 +313,10 @@ def evaluate_recordings(cfg: DictConfig) -> dict[str, dict]:
         )
     if cfg.threshold != "val" and not (isinstance(cfg.threshold, (int, float)) and 0 < cfg.threshold < 1):
         raise AmirError(f"threshold={cfg.threshold!r}: expected a number in (0, 1) or 'val'")
+    if cfg.bootstrap == 1 or cfg.bootstrap < 0:
+        raise AmirError(
+            f"bootstrap={cfg.bootstrap}: give the number of resamples (2 or more, e.g. 1000), or 0 for none"
+        )
     if cfg.val_inputs and not (cfg.sweep_thresholds and all(0 < t < 1 for t in cfg.sweep_thresholds)):
         raise AmirError(f"sweep_thresholds={list(cfg.sweep_thresholds)}: give one or more numbers in (0, 1)")
     scorer = load_scorer(cfg)
