@@ -501,15 +501,24 @@ def test_the_seed_mean_interval_script_averages_the_models_on_shared_draws_and_r
     assert script.mean_lrap(models, torch.tensor([0, 0])) == pytest.approx(0.75)  # x twice: 1 and 1/2
     # drawn together, every draw of the two files gives the mean 0.75: the interval has no width; drawn
     # apart (each model its own files) it would spread from 0.5 to 1
-    assert "2 models, 2 files: mean LRAP 0.7500; 95 % of 200 resamples 0.750-0.750 (std 0.000), 0 % at 0.80" in run(
+    assert "2 models, 2 files: mean LRAP 0.7500; 95 % of 200 resamples 0.750 to 0.750 (std 0.000), 0 % at 0.80" in run(
         one, two, "--resamples", "200"
     )
     alone = run(one, "--resamples", "400", "--target", "0.9")  # one model: x twice (1) in a quarter of the draws
-    assert "1 models, 2 files: mean LRAP 0.7500; 95 % of 400 resamples 0.500-1.000" in alone
+    assert "1 models, 2 files: mean LRAP 0.7500; 95 % of 400 resamples 0.500 to 1.000" in alone
     assert 15 <= int(alone.split(" % at 0.90")[0].rsplit(" ", 1)[1]) <= 35
+    # the difference from another model on the same draws: `perfect` ranks both files right (LRAP 1)
+    perfect = write("perfect", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.8,0.3")])
+    paired = run(one, "--against", perfect, "--resamples", "400").splitlines()[1]
+    assert paired.startswith(
+        "against 1 models (mean LRAP 1.0000): difference -0.2500; 95 % of 400 resamples -0.500 to 0.000"
+    )
+    assert paired.endswith(", 0 % above 0")  # `one` is never better on any draw
     other = write("other", [("z", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")])
     with pytest.raises(SystemExit, match="different files or classes"):
         run(one, other)
+    with pytest.raises(SystemExit, match="different files or classes"):
+        run(one, "--against", other)
     renamed = write("renamed", [("x", "a", "0.9,0.1,0.2"), ("y", "b", "0.1,0.3,0.8")], classes="a,b,d")
     with pytest.raises(SystemExit, match="different files or classes"):
         run(one, renamed)
