@@ -1,8 +1,9 @@
-"""The multisample renderer and source families: sample libraries made here (tones named by pitch,
-drum one-shots in velocity layers), played through amir-synth."""
+"""The multisample renderer, recordings sources and source families: sample libraries made here (tones
+named by pitch, drum one-shots in velocity layers) and long takes, played through amir-synth."""
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ from amir_pl.core.errors import AmirError
 from amir_pl.dataset.prepare import prepare
 from amir_pl.dataset.synth import synth
 from amir_pl.dataset.synth.phrases import Phrase
+from amir_pl.dataset.synth.recordings import RecordingPlayer, find_recordings
 from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument, note_number
 
 RATE = 22050
@@ -371,3 +373,64 @@ def test_few_samples_in_training_clips_only_and_named_in_the_manifest(compose_cf
             _render(compose_cfg, tmp_path / "bad", library, "few_samples.probability=0.5", f"few_samples.{bad}")
     # Off, its options are not read: a render without a training split keeps the default splits=[train].
     _render(compose_cfg, tmp_path / "test_only", library, "num_workers=1", "~splits.train", "~splits.val")
+
+
+@pytest.fixture(scope="module")
+def takes(tmp_path_factory):
+    """Two long solo takes at the output rate, each a slow chirp (so that every excerpt differs), and a short one."""
+    root = tmp_path_factory.mktemp("takes")
+    t = np.arange(12 * RATE) / RATE
+    for name, hz in (("one", 300.0), ("two", 500.0)):
+        (root / "band" / name).mkdir(parents=True)
+        sf.write(str(root / "band" / name / "flute.wav"), (0.3 * np.sin(2 * np.pi * (hz + 5 * t) * t)), RATE)
+    (root / "short").mkdir()
+    sf.write(str(root / "short" / "flute.wav"), 0.3 * np.sin(2 * np.pi * 300 * t[:RATE]), RATE)
+    return root
+
+
+def _recordings(root, family="rec", **instruments):
+    return {"family": family, "kind": "recordings", "root": str(root), "install": "-", "instruments": instruments}
+
+
+BAND = [{"name": "band", "files": "band/*/flute.wav"}]
+
+
+def test_a_recordings_source_plays_excerpts_of_its_files_the_same_whatever_the_workers(
+    compose_cfg, library, takes, tmp_path
+):
+    sources = {"rec": _recordings(takes, flute=BAND)}
+    overrides = ("splits.train.families=[made,rec]", "noise_probability=0", "splits.test.fraction=0")
+    one = _render(compose_cfg, tmp_path / "one", library, "num_workers=1", *overrides, sources=sources)
+    two = _render(compose_cfg, tmp_path / "two", library, "num_workers=2", *overrides, sources=sources)
+    rows = [r for r in _manifest(one) if r["family"] == "rec"]
+    assert rows and {r["label"] for r in rows} == {"flute"} and {r["renderer"] for r in rows} == {"recording"}
+    assert {r["style"] for r in rows} == {"recording"}
+    takes_used = set()
+    for row in rows:
+        name, start = re.fullmatch(r"band: (band/\w+/flute\.wav) at ([0-9.]+) s", row["instrument"]).groups()
+        takes_used.add(name)
+        clip, _ = sf.read(str(one / row["path"]))
+        source, _ = sf.read(str(takes / name))
+        around = source[max(0, round(float(start) * RATE) - 200) : round(float(start) * RATE) + len(clip) + 200]
+        correlation = np.correlate(around, clip, "valid") / (
+            np.linalg.norm(clip) * np.sqrt(np.convolve(around**2, np.ones(len(clip)), "valid"))
+        )
+        assert correlation.max() > 0.999, row["path"]  # the excerpt itself, peak-normalised
+        assert (one / row["path"]).read_bytes() == (two / row["path"]).read_bytes()
+    assert takes_used == {"band/one/flute.wav", "band/two/flute.wav"}
+
+
+def test_recordings_that_are_missing_short_or_unnamed_are_skipped_or_refused(
+    compose_cfg, library, takes, tmp_path, caplog
+):
+    gone = {"rec": _recordings(takes, flute=[{"name": "gone", "files": "nowhere/*.wav"}])}
+    with caplog.at_level(logging.WARNING):
+        output = _render(compose_cfg, tmp_path / "gone", library, "splits.train.families=[made,rec]", sources=gone)
+    assert "source rec: gone skipped" in caplog.text and "nowhere/*.wav" in caplog.text
+    assert not [r for r in _manifest(output) if r["family"] == "rec"]
+    unnamed = {"bad": _recordings(takes, "x", flute=[{"name": "band"}])}
+    with pytest.raises(AmirError, match=r"sources.bad.instruments.flute\[0\]: give files, a glob pattern under root"):
+        _render(compose_cfg, tmp_path / "bad", library, "splits.val.families=[x]", sources=unnamed)
+    short = find_recordings(takes, {"name": "short", "files": "short/*.wav"})
+    with pytest.raises(AmirError, match=r"short/flute.wav: shorter than a clip \(22050 < 66150 samples\)"):
+        RecordingPlayer(RATE).excerpt(short, 3 * RATE, np.random.default_rng(0))

@@ -49,6 +49,7 @@ class Renderer(StrEnum):
 class SourceKind(StrEnum):
     soundfont = "soundfont"  # a General MIDI soundfont file, played by the soundfont renderer
     samples = "samples"  # a sample library, played by the multisample renderer
+    recordings = "recordings"  # recordings of one instrument, each clip an excerpt (dataset/synth/recordings.py)
 
 
 @dataclass
@@ -57,8 +58,10 @@ class Source:
     kind: SourceKind = MISSING
     install: str = MISSING  # how to install it, named when it is missing
     path: str | None = None  # soundfont: the .sf2/.sf3 file
-    root: str | None = None  # samples: the library's folder
-    instruments: Any = None  # samples: class -> instruments (amir_pl/dataset/synth/samples.py)
+    root: str | None = None  # samples, recordings: the library's folder
+    # samples: class -> instruments (amir_pl/dataset/synth/samples.py); recordings: class -> sets of files
+    # (amir_pl/dataset/synth/recordings.py)
+    instruments: Any = None
     # soundfont: class -> its General MIDI programs in place of the defaults ([] leaves the class out); optional:
     # skipped with one line when not installed, never replaced by the fallback font
     programs: Any = None

@@ -50,6 +50,7 @@ from amir_pl.core.errors import AmirError
 from amir_pl.core.files import atomic_write, warn_if_short_of_space, write_fault
 from amir_pl.core.labels import CLASS_NAMES, irmas_code
 from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Phrase, compose_phrase
+from amir_pl.dataset.synth.recordings import RecordingPlayer, find_recordings
 from amir_pl.dataset.synth.renderers import FluidSynthRenderer, TinySoundFontRenderer, available_renderer, fallback_font
 from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument
 from amir_pl.features.audio import frame_rms
@@ -120,15 +121,17 @@ class UsableSource:
 
 _renderer = None
 _samples: dict[float, MultisampleRenderer] = {}  # by the longest phrase they play (clips, mixtures)
+_recordings: RecordingPlayer | None = None
 _settings: dict = {}
 
 
 def _init_worker(renderer: str, settings: dict) -> None:
-    global _renderer, _samples, _settings
+    global _renderer, _samples, _recordings, _settings
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool (it hangs)
     cls = FluidSynthRenderer if renderer == "fluidsynth" else TinySoundFontRenderer
     _renderer = cls(settings["sample_rate"])  # created here, after the fork
     _samples = {}
+    _recordings = RecordingPlayer(settings["sample_rate"])
     _settings = settings
 
 
@@ -163,7 +166,9 @@ def render_part(
     s = _settings
     instrument = INSTRUMENTS[label]
     frames = round(seconds * s["sample_rate"])
-    if source.kind == "soundfont":
+    if source.kind == "recordings":
+        sets = [find_recordings(Path(source.location), spec) for spec in source.instruments[label]]
+    elif source.kind == "soundfont":
         wanted = (source.programs or {}).get(label, instrument.programs)
         programs = [p for p in wanted if _renderer.has_preset(source.location, instrument.bank, p)]
         if not programs:
@@ -190,6 +195,11 @@ def render_part(
             audio = _play(phrase, channel, frames)
             _renderer.reset()
             played = f"bank {instrument.bank} program {program}"
+        elif source.kind == "recordings":  # an excerpt; the phrase only gives accompaniment a tempo and key
+            program, reverb, chorus = None, 0.0, 0.0
+            audio, played = _recordings.excerpt(sets[int(rng.integers(len(sets)))], frames, rng)
+            drawn = compose_phrase(instrument, seconds, rng, **shared)
+            phrase = Phrase("recording", drawn.tempo, tonality=drawn.tonality)
         else:
             player = players[int(rng.integers(len(players)))]
             played = player.name
@@ -208,7 +218,7 @@ def render_part(
                 break
     else:
         raise AmirError(f"{label} ({source.name}, {played}) rendered (almost) silent 5 times")
-    return Part(audio, phrase, program, played if source.kind == "samples" else "", reverb, chorus, attempt)
+    return Part(audio, phrase, program, played if source.kind != "soundfont" else "", reverb, chorus, attempt)
 
 
 def render_clip(job: ClipJob) -> ClipResult:
@@ -409,17 +419,18 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             log.warning("source %s skipped: %s not found (%s)", name, root, spec.install)
             continue
         found = {}
+        build = find_recordings if spec.kind == "recordings" else build_instrument
         for label, specs in spec.instruments.items():
             kept = []
             for instrument in specs:
                 try:
-                    build_instrument(root, OmegaConf.to_container(instrument))
+                    build(root, OmegaConf.to_container(instrument))
                     kept.append(OmegaConf.to_container(instrument))
                 except FileNotFoundError as error:
                     log.warning("source %s: %s skipped (%s not found; %s)", name, instrument.name, error, spec.install)
             if kept:
                 found[label] = kept
-        usable[name] = UsableSource(name, spec.family, "samples", str(root), tuple(found), found)
+        usable[name] = UsableSource(name, spec.family, str(spec.kind), str(root), tuple(found), found)
     if missing_fonts:
         fallback = fallback_font()
         if not (cfg.allow_fallback_font and fallback):
@@ -456,13 +467,15 @@ def _check_source(name: str, spec: DictConfig) -> None:
                 )
         return
     if not spec.root or not spec.instruments:
-        raise AmirError(f"{where}: a samples source needs root (its folder) and instruments ({{class: [...]}})")
+        raise AmirError(f"{where}: a {spec.kind} source needs root (its folder) and instruments ({{class: [...]}})")
     for label, specs in spec.instruments.items():
         if label not in INSTRUMENTS:
             raise AmirError(f"{where}.instruments.{label}: not a class; the classes are {list(INSTRUMENTS)}")
         for index, instrument in enumerate(specs):
             if not instrument.get("name"):
                 raise AmirError(f"{where}.instruments.{label}[{index}]: give the instrument a name")
+            if spec.kind == "recordings" and not instrument.get("files"):
+                raise AmirError(f"{where}.instruments.{label}[{index}]: give files, a glob pattern under root")
 
 
 def make_jobs(cfg: DictConfig, sources: dict[str, UsableSource]) -> list[ClipJob]:
@@ -740,7 +753,7 @@ def _write_manifest(tmp: Path, results: list[ClipResult], sources: dict[str, Usa
                 + ["" if r.bank is None else r.bank, "" if r.program is None else r.program, r.instrument]
                 + [r.style, r.tempo, r.reverb, r.chorus]
                 + ["" if value is None else value for value in (r.noise_snr_db, r.room_rt60, r.mic_db)]
-                + [renderer if kind == "soundfont" else MultisampleRenderer.name]
+                + [{"soundfont": renderer, "recordings": RecordingPlayer.name}.get(kind, MultisampleRenderer.name)]
                 # every instrument sounding, the clip's own first (amir-prepare's multi-hot targets)
                 + [";".join([r.job.label, *(name for name, _, _ in backing)])]
                 + [";".join(source for _, source, _ in backing), ";".join(str(level) for _, _, level in backing)]
