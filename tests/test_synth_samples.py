@@ -16,7 +16,7 @@ from amir_pl.core.errors import AmirError
 from amir_pl.dataset.prepare import prepare
 from amir_pl.dataset.synth import synth
 from amir_pl.dataset.synth.phrases import Phrase
-from amir_pl.dataset.synth.recordings import RecordingPlayer, find_recordings
+from amir_pl.dataset.synth.recordings import RecordingPlayer, RecordingSet, find_recordings
 from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument, note_number
 
 RATE = 22050
@@ -377,19 +377,36 @@ def test_few_samples_in_training_clips_only_and_named_in_the_manifest(compose_cf
 
 @pytest.fixture(scope="module")
 def takes(tmp_path_factory):
-    """Two long solo takes at the output rate, each a slow chirp (so that every excerpt differs), and a short one."""
+    """Long solo takes, each a slow chirp (so that every excerpt differs): one at the output rate, one in
+    stereo at 44.1 kHz (decoded to mono and resampled), one whose second half is a pause 40 dB down; and
+    a short one."""
     root = tmp_path_factory.mktemp("takes")
-    t = np.arange(12 * RATE) / RATE
-    for name, hz in (("one", 300.0), ("two", 500.0)):
+    t = np.arange(12 * 44100) / 44100
+    chirp = {hz: 0.3 * np.sin(2 * np.pi * (hz + 5 * t) * t) for hz in (300.0, 500.0, 700.0)}
+    for name in ("one", "two", "paused"):
         (root / "band" / name).mkdir(parents=True)
-        sf.write(str(root / "band" / name / "flute.wav"), (0.3 * np.sin(2 * np.pi * (hz + 5 * t) * t)), RATE)
+    sf.write(str(root / "band" / "one" / "flute.wav"), chirp[300.0][::2][: 12 * RATE], RATE)
+    sf.write(str(root / "band" / "two" / "flute.wav"), np.stack([chirp[500.0], chirp[500.0]], axis=1), 44100)
+    paused = chirp[700.0][::2][: 12 * RATE].copy()
+    paused[6 * RATE :] *= 0.01
+    sf.write(str(root / "band" / "paused" / "flute.wav"), paused, RATE)
     (root / "short").mkdir()
-    sf.write(str(root / "short" / "flute.wav"), 0.3 * np.sin(2 * np.pi * 300 * t[:RATE]), RATE)
+    sf.write(str(root / "short" / "flute.wav"), chirp[300.0][:44100], 44100)
     return root
 
 
 def _recordings(root, family="rec", **instruments):
     return {"family": family, "kind": "recordings", "root": str(root), "install": "-", "instruments": instruments}
+
+
+def _excerpt_start(clip, take, start, rate=RATE):
+    """Where in ``take`` (read at ``rate``) ``clip`` was cut, searched 10 ms around ``start`` seconds, and
+    the normalised correlation there."""
+    begin = max(0, round(start * rate) - 220)
+    around = take[begin : round(start * rate) + len(clip) + 220]
+    energy = np.sqrt(np.convolve(around**2, np.ones(len(clip)), "valid"))
+    correlation = np.correlate(around, clip, "valid") / (np.linalg.norm(clip) * energy)
+    return begin + int(np.argmax(correlation)), float(correlation.max())
 
 
 BAND = [{"name": "band", "files": "band/*/flute.wav"}]
@@ -399,25 +416,64 @@ def test_a_recordings_source_plays_excerpts_of_its_files_the_same_whatever_the_w
     compose_cfg, library, takes, tmp_path
 ):
     sources = {"rec": _recordings(takes, flute=BAND)}
-    overrides = ("splits.train.families=[made,rec]", "noise_probability=0", "splits.test.fraction=0")
+    overrides = (
+        "splits.train.families=[made,rec]",
+        "noise_probability=0",
+        "splits.test.fraction=0",
+        "clips_per_class=24",
+    )
     one = _render(compose_cfg, tmp_path / "one", library, "num_workers=1", *overrides, sources=sources)
     two = _render(compose_cfg, tmp_path / "two", library, "num_workers=2", *overrides, sources=sources)
     rows = [r for r in _manifest(one) if r["family"] == "rec"]
     assert rows and {r["label"] for r in rows} == {"flute"} and {r["renderer"] for r in rows} == {"recording"}
-    assert {r["style"] for r in rows} == {"recording"}
-    takes_used = set()
+    assert {r["style"] for r in rows} == {"recording"} and {r["tempo"] for r in rows} == {""}
+    played = set()
     for row in rows:
         name, start = re.fullmatch(r"band: (band/\w+/flute\.wav) at ([0-9.]+) s", row["instrument"]).groups()
-        takes_used.add(name)
+        played.add(name)
         clip, _ = sf.read(str(one / row["path"]))
-        source, _ = sf.read(str(takes / name))
-        around = source[max(0, round(float(start) * RATE) - 200) : round(float(start) * RATE) + len(clip) + 200]
-        correlation = np.correlate(around, clip, "valid") / (
-            np.linalg.norm(clip) * np.sqrt(np.convolve(around**2, np.ones(len(clip)), "valid"))
-        )
-        assert correlation.max() > 0.999, row["path"]  # the excerpt itself, peak-normalised
+        take = RecordingPlayer(RATE)._load(str(takes / name))[0]  # as the source plays it: mono, 22,050 Hz
+        at, correlation = _excerpt_start(clip, take, float(start))
+        assert correlation > 0.999, row["path"]  # the excerpt itself, peak-normalised
+        assert name != "band/paused/flute.wav" or at < 6 * RATE  # never wholly inside the pause
         assert (one / row["path"]).read_bytes() == (two / row["path"]).read_bytes()
-    assert takes_used == {"band/one/flute.wav", "band/two/flute.wav"}
+    assert played == {"band/one/flute.wav", "band/two/flute.wav", "band/paused/flute.wav"}
+    stereo, _ = sf.read(str(takes / "band" / "two" / "flute.wav"))
+    assert len(RecordingPlayer(RATE)._load(str(takes / "band" / "two" / "flute.wav"))[0]) == len(stereo) // 2
+
+
+def test_a_pause_in_a_recording_is_silent_and_drawn_again():
+    player = RecordingPlayer(RATE)
+    rng = np.random.default_rng(0)
+    t = np.arange(8 * RATE) / RATE
+    take = np.sin(2 * np.pi * 440 * t)
+    take[4 * RATE :] *= 10 ** (-35 / 20)  # 35 dB down: below QUIET_DB under the file's RMS
+    player.decoded["take"] = (take.astype(np.float32), float(np.sqrt(np.mean(take**2))))
+    recordings = RecordingSet("t", "", ("take",))
+    for _ in range(30):
+        excerpt, played = player.excerpt(recordings, RATE, rng)
+        start = round(float(played.rsplit(" at ", 1)[1][:-2]) * RATE)
+        assert (np.abs(excerpt).max() == 0) == (start >= 4 * RATE + RATE // 100)  # silent only inside the pause
+
+
+def test_recordings_play_over_accompaniment_and_as_it(compose_cfg, library, takes, tmp_path):
+    sources = {"rec": _recordings(takes, flute=BAND)}
+    output = _render(
+        compose_cfg,
+        tmp_path / "acc",
+        library,
+        "splits.train.families=[made,rec]",
+        "accompaniment.probability=1.0",
+        "splits.test.fraction=0",
+        "clips_per_class=12",
+        sources=sources,
+    )
+    rows = [r for r in _manifest(output) if r["split"] == "train"]
+    led = [r for r in rows if r["family"] == "rec" and r["accompaniment_sources"]]
+    backed = [r for r in rows if r["family"] != "rec" and "rec" in r["accompaniment_sources"].split(";")]
+    assert led and backed  # a recording over accompaniment, and a recording accompanying a phrase
+    for row in led + backed:
+        assert sf.read(str(output / row["path"]))[0].std() > 0.01
 
 
 def test_recordings_that_are_missing_short_or_unnamed_are_skipped_or_refused(
@@ -431,6 +487,18 @@ def test_recordings_that_are_missing_short_or_unnamed_are_skipped_or_refused(
     unnamed = {"bad": _recordings(takes, "x", flute=[{"name": "band"}])}
     with pytest.raises(AmirError, match=r"sources.bad.instruments.flute\[0\]: give files, a glob pattern under root"):
         _render(compose_cfg, tmp_path / "bad", library, "splits.val.families=[x]", sources=unnamed)
-    short = find_recordings(takes, {"name": "short", "files": "short/*.wav"})
-    with pytest.raises(AmirError, match=r"short/flute.wav: shorter than a clip \(22050 < 66150 samples\)"):
-        RecordingPlayer(RATE).excerpt(short, 3 * RATE, np.random.default_rng(0))
+    with pytest.raises(AmirError, match=r"files='/abs/\*.wav' is not a pattern under root"):
+        find_recordings(takes, {"name": "abs", "files": "/abs/*.wav"})
+    # takes shorter than the longest part asked of them are left out (and named), none left: not found
+    kept, short = find_recordings(takes, {"name": "all", "files": "**/flute.wav"}, 3.0)
+    assert short == ["short/flute.wav"] and len(kept.files) == 3
+    with pytest.raises(FileNotFoundError, match="3 files shorter than 20.0 s"):
+        find_recordings(takes, {"name": "band", "files": "band/*/flute.wav"}, 20.0)
+    with caplog.at_level(logging.WARNING):
+        everything = {"rec": _recordings(takes, flute=[{"name": "all", "files": "**/flute.wav"}])}
+        _render(compose_cfg, tmp_path / "short", library, "splits.train.families=[made,rec]", sources=everything)
+    assert "source rec: all files shorter than 3.0 s left out: ['short/flute.wav']" in caplog.text
+    with pytest.raises(AmirError, match=r"short/flute.wav: shorter than the part asked of it"):
+        RecordingPlayer(RATE).excerpt(
+            RecordingSet("s", str(takes), ("short/flute.wav",)), 3 * RATE, np.random.default_rng(0)
+        )

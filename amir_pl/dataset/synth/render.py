@@ -78,7 +78,7 @@ class ClipResult:
     program: int | None
     instrument: str
     style: str
-    tempo: float
+    tempo: float | None  # None: a recording (its own tempo is not known)
     reverb: float
     chorus: float
     noise_snr_db: float | None
@@ -115,7 +115,7 @@ class UsableSource:
     kind: str
     location: str  # the soundfont file or the library's folder
     classes: tuple[str, ...]
-    instruments: dict | None = None  # samples: class -> instrument specs that were found
+    instruments: dict | None = None  # samples: class -> instrument specs found; recordings: class -> RecordingSets
     programs: dict | None = None  # soundfont: class -> General MIDI programs, where not the class's defaults
 
 
@@ -142,7 +142,7 @@ class Part:
     audio: np.ndarray
     phrase: Phrase
     program: int | None  # soundfonts: the GM program played
-    instrument: str  # sample libraries: the instrument played
+    instrument: str  # sample libraries: the instrument played; recordings: the file and the start
     reverb: float
     chorus: float
     attempts: int
@@ -167,7 +167,7 @@ def render_part(
     instrument = INSTRUMENTS[label]
     frames = round(seconds * s["sample_rate"])
     if source.kind == "recordings":
-        sets = [find_recordings(Path(source.location), spec) for spec in source.instruments[label]]
+        sets = source.instruments[label]  # RecordingSets, found once by usable_sources
     elif source.kind == "soundfont":
         wanted = (source.programs or {}).get(label, instrument.programs)
         programs = [p for p in wanted if _renderer.has_preset(source.location, instrument.bank, p)]
@@ -195,8 +195,8 @@ def render_part(
             audio = _play(phrase, channel, frames)
             _renderer.reset()
             played = f"bank {instrument.bank} program {program}"
-        elif source.kind == "recordings":  # an excerpt; the phrase only gives accompaniment a tempo and key
-            program, reverb, chorus = None, 0.0, 0.0
+        elif source.kind == "recordings":  # an excerpt in its own tempo and key; the phrase only gives
+            program, reverb, chorus = None, 0.0, 0.0  # the accompaniment over it a tempo and key
             audio, played = _recordings.excerpt(sets[int(rng.integers(len(sets)))], frames, rng)
             drawn = compose_phrase(instrument, seconds, rng, **shared)
             phrase = Phrase("recording", drawn.tempo, tonality=drawn.tonality)
@@ -250,7 +250,7 @@ def render_clip(job: ClipJob) -> ClipResult:
         part.program,
         part.instrument,
         part.phrase.style,
-        round(part.phrase.tempo, 1),
+        round(part.phrase.tempo, 1) if source.kind != "recordings" else None,  # a recording's own: not known
         round(part.reverb, 3),
         round(part.chorus, 3),
         None if snr is None else round(snr, 1),
@@ -419,13 +419,29 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             log.warning("source %s skipped: %s not found (%s)", name, root, spec.install)
             continue
         found = {}
-        build = find_recordings if spec.kind == "recordings" else build_instrument
+        in_mixtures = cfg.mixtures.count and any(
+            spec.family in cfg.splits[split].families for split in cfg.mixtures.splits if split in cfg.splits
+        )
+        longest = max([cfg.clip_seconds, *(cfg.mixtures.seconds if in_mixtures else [])])  # the longest part it plays
         for label, specs in spec.instruments.items():
             kept = []
             for instrument in specs:
+                entry = OmegaConf.to_container(instrument)
                 try:
-                    build(root, OmegaConf.to_container(instrument))
-                    kept.append(OmegaConf.to_container(instrument))
+                    if spec.kind == "recordings":
+                        recordings, short = find_recordings(root, entry, longest)
+                        if short:
+                            log.warning(
+                                "source %s: %s files shorter than %s s left out: %s",
+                                name,
+                                entry["name"],
+                                longest,
+                                short,
+                            )
+                        kept.append(recordings)
+                    else:
+                        build_instrument(root, entry)
+                        kept.append(entry)
                 except FileNotFoundError as error:
                     log.warning("source %s: %s skipped (%s not found; %s)", name, instrument.name, error, spec.install)
             if kept:
