@@ -487,6 +487,12 @@ def test_recordings_that_are_missing_short_or_unnamed_are_skipped_or_refused(
     unnamed = {"bad": _recordings(takes, "x", flute=[{"name": "band"}])}
     with pytest.raises(AmirError, match=r"sources.bad.instruments.flute\[0\]: give files, a glob pattern under root"):
         _render(compose_cfg, tmp_path / "bad", library, "splits.val.families=[x]", sources=unnamed)
+    (takes / "notes").mkdir(exist_ok=True)
+    (takes / "notes" / "flute.txt").write_text("not audio")
+    with pytest.raises(
+        AmirError, match=r"notes/flute.txt: not an audio file soundfile reads .*narrow the source's files"
+    ):
+        find_recordings(takes, {"name": "any", "files": "notes/*"})
     with pytest.raises(AmirError, match=r"files='/abs/\*.wav' is not a pattern under root"):
         find_recordings(takes, {"name": "abs", "files": "/abs/*.wav"})
     # takes shorter than the longest part asked of them are left out (and named), none left: not found

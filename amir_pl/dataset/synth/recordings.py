@@ -52,12 +52,21 @@ def find_recordings(root: Path, spec: dict, min_seconds: float = 0.0) -> tuple[R
         raise AmirError(
             f"recordings {spec.get('name')!r}: files={pattern!r} is not a pattern under root ({error})"
         ) from None
-    short = [name for name in matched if soundfile.info(str(root / name)).duration < min_seconds]
+    short = [name for name in matched if _seconds(root / name) < min_seconds]
     files = tuple(name for name in matched if name not in short)
     if not files:
         longer = f" ({len(short)} files shorter than {min_seconds} s)" if short else ""
         raise FileNotFoundError(f"{root}/{pattern}{longer}")
     return RecordingSet(str(spec["name"]), str(root), files), short
+
+
+def _seconds(path: Path) -> float:
+    try:
+        return soundfile.info(str(path)).duration
+    except Exception as error:
+        raise AmirError(
+            f"{path}: not an audio file soundfile reads ({error}); narrow the source's files pattern"
+        ) from None
 
 
 class RecordingPlayer:
