@@ -419,10 +419,8 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             log.warning("source %s skipped: %s not found (%s)", name, root, spec.install)
             continue
         found = {}
-        in_mixtures = cfg.mixtures.count and any(
-            spec.family in cfg.splits[split].families for split in cfg.mixtures.splits if split in cfg.splits
-        )
-        longest = max([cfg.clip_seconds, *(cfg.mixtures.seconds if in_mixtures else [])])  # the longest part it plays
+        if spec.kind == "recordings":
+            longest = _longest_part(cfg, spec.family)
         for label, specs in spec.instruments.items():
             kept = []
             for instrument in specs:
@@ -460,6 +458,14 @@ def usable_sources(cfg: DictConfig, renderer: str) -> dict[str, UsableSource]:
             classes, programs = _font_programs(spec)
             usable[name] = UsableSource(name, spec.family, "soundfont", fallback, classes, programs=programs)
     return usable
+
+
+def _longest_part(cfg: DictConfig, family: str) -> float:
+    """Seconds a source of ``family`` may be asked to play: a clip, or a mixture where the family is in one."""
+    in_mixtures = cfg.mixtures.count and any(
+        family in cfg.splits[split].families for split in cfg.mixtures.splits if split in cfg.splits
+    )
+    return max([cfg.clip_seconds, *(cfg.mixtures.seconds if in_mixtures else [])])
 
 
 def _font_programs(spec: DictConfig) -> tuple[tuple[str, ...], dict]:
