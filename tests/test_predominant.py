@@ -5,6 +5,7 @@ the sigmoid objective end to end, and choosing the checkpoint on multi-label val
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -27,7 +28,7 @@ from amir_pl.inference.recordings import evaluate_recordings
 from amir_pl.training.augment import BatchAugment, mel_centres, warp_mel_axis
 from amir_pl.training.baseline import mfcc_statistics
 from amir_pl.training.data import H5ClipDataset
-from amir_pl.training.module import AmirModule, load_checkpoint
+from amir_pl.training.module import AmirModule, load_checkpoint, pairwise_ranking_loss
 from amir_pl.training.train import train
 
 
@@ -288,6 +289,53 @@ def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_
     with pytest.raises(AmirError, match="objective=sigmoid"):
         AmirModule(
             asl.hparams.net, asl.hparams.optimizer, TINY_CLASSES, TINY_FEATURES.as_dict(), (32, 33), negative_focus=4.0
+        )
+
+
+def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
+    def module(**loss):
+        return AmirModule(
+            net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+            optimizer={"_target_": "torch.optim.Adam"},
+            class_names=TINY_CLASSES,
+            features=TINY_FEATURES.as_dict(),
+            input_shape=(32, 33),
+            objective="sigmoid",
+            **loss,
+        )
+
+    target = torch.tensor([[1.0, 0, 0, 1.0, 0], [0, 0.3, 0, 1.0, 0], [0, 0, 0, 0, 0]])
+    logits = torch.tensor([[2.0, -4.0, -1.0, 0.5, 3.0], [-2.0, 5.0, 1.0, -1.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    # by hand: every (present, absent) pair of a clip, present where the target is >= 0.5 (0.3 is absent)
+    expected = []
+    for row_logits, row_target in zip(logits.tolist(), target.tolist()):
+        present = [i for i, t in enumerate(row_target) if t >= 0.5]
+        absent = [i for i, t in enumerate(row_target) if t < 0.5]
+        total = sum(math.exp(row_logits[a] - row_logits[p]) for p in present for a in absent)
+        expected.append(math.log1p(total))
+    ranking = pairwise_ranking_loss(logits, target)
+    torch.testing.assert_close(ranking, torch.tensor(expected))
+    assert float(ranking[2]) == 0.0  # no present class: no pair, no cost
+    # a clip ranked right costs less than the same clip ranked wrong, and its gradient lifts the present class
+    right = torch.tensor([[4.0, -4.0, -4.0]], requires_grad=True)
+    pairwise_ranking_loss(right, torch.tensor([[1.0, 0, 0]])).sum().backward()
+    assert float(right.grad[0, 0]) < 0 < float(right.grad[0, 1])
+    wrong = pairwise_ranking_loss(torch.tensor([[-4.0, 4.0, -4.0]]), torch.tensor([[1.0, 0, 0]]))
+    assert float(wrong[0]) > 8 > 1e-3 > float(pairwise_ranking_loss(right.detach(), torch.tensor([[1.0, 0, 0]]))[0])
+    # the module adds it, weighted, to the binary cross-entropy; 0 leaves the cross-entropy alone
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    torch.testing.assert_close(module(ranking_weight=0.5)._loss(logits, target), (bce + 0.5 * ranking).mean())
+    torch.testing.assert_close(module()._loss(logits, target), bce.mean())
+    with pytest.raises(AmirError, match="ranking_weight=-1.0"):
+        module(ranking_weight=-1.0)
+    with pytest.raises(AmirError, match="objective=sigmoid"):
+        AmirModule(
+            {"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+            {"_target_": "torch.optim.Adam"},
+            TINY_CLASSES,
+            TINY_FEATURES.as_dict(),
+            (32, 33),
+            ranking_weight=1.0,
         )
 
 

@@ -92,6 +92,19 @@ def asymmetric_loss(logits: torch.Tensor, target: torch.Tensor, focus: float, ma
     return -(present + absent)
 
 
+def pairwise_ranking_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per clip, the log-sum-exp pairwise ranking loss (LSEP; Li et al., CVPR 2017):
+    ``log(1 + sum over present p and absent a of exp(logit_a - logit_p))``, present where the target is
+    0.5 or more. It costs wherever an absent class comes near or above a present one, which is what label
+    ranking average precision (LRAP) counts, and nothing for the ranks among present or among absent
+    classes. A clip without a present or an absent class costs 0."""
+    present = target >= 0.5
+    pairs = present.unsqueeze(2) & ~present.unsqueeze(1)  # [clip, present p, absent a]
+    margins = logits.unsqueeze(1) - logits.unsqueeze(2)  # [clip, p, a] = logit_a - logit_p
+    worst = torch.logsumexp(margins.masked_fill(~pairs, float("-inf")).flatten(1), dim=1)
+    return F.softplus(worst)  # log(1 + sum exp): exp(-inf) = 0 where a clip has no pair
+
+
 MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
 
 
@@ -178,6 +191,7 @@ class AmirModule(L.LightningModule):
         accompaniment_target: float = 0.0,
         negative_focus: float = 0.0,
         negative_margin: float = 0.0,
+        ranking_weight: float = 0.0,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -196,6 +210,11 @@ class AmirModule(L.LightningModule):
                 f"module.negative_focus={negative_focus}, negative_margin={negative_margin}: the asymmetric loss "
                 "weighs the absent classes of a sigmoid model; give module.objective=sigmoid, a focus >= 0 (4 is "
                 "usual) and a margin in [0, 1) (0.05 is usual), or both 0 (binary cross-entropy)"
+            )
+        if ranking_weight and (objective != "sigmoid" or ranking_weight < 0):
+            raise AmirError(
+                f"module.ranking_weight={ranking_weight}: the pairwise ranking term is added to a sigmoid model's "
+                "loss; give module.objective=sigmoid and a weight >= 0 (0: off)"
             )
         if not 0.0 <= accompaniment_target <= 1.0:
             raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
@@ -224,6 +243,7 @@ class AmirModule(L.LightningModule):
                 "accompaniment_target": accompaniment_target,
                 "negative_focus": negative_focus,
                 "negative_margin": negative_margin,
+                "ranking_weight": ranking_weight,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -303,7 +323,8 @@ class AmirModule(L.LightningModule):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy (softmax; per-class targets are normalised into class probabilities) or binary
         cross-entropy per class summed over the classes (sigmoid; the asymmetric loss with
-        ``negative_focus`` or ``negative_margin``), averaged (or summed) over the clips."""
+        ``negative_focus`` or ``negative_margin``; plus ``ranking_weight`` times the pairwise ranking loss),
+        averaged (or summed) over the clips."""
         reduction = self.hparams.loss_reduction
         logits = logits.float()
         if self.objective == "sigmoid":
@@ -312,6 +333,8 @@ class AmirModule(L.LightningModule):
                 loss = asymmetric_loss(logits, target, focus, margin).sum(dim=1)
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+            if ranking := self.hparams.get("ranking_weight", 0.0):  # checkpoints from before the option: 0
+                loss = loss + ranking * pairwise_ranking_loss(logits, target)
             return loss.mean() if reduction == "mean" else loss.sum()
         if target.ndim == 2:
             target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
