@@ -283,7 +283,7 @@ def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_
     log_p, log_not_p = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
     expected = -(soft * log_p + (1 - soft) * torch.sigmoid(logits) ** 2 * log_not_p)
     torch.testing.assert_close(module(negative_focus=2.0)._loss(logits, soft) * 2, expected.sum())
-    for bad in ({"negative_focus": -1.0}, {"negative_margin": 1.0}):
+    for bad in ({"negative_focus": -1.0}, {"negative_focus": math.nan}, {"negative_margin": 1.0}):
         with pytest.raises(AmirError, match="asymmetric loss"):
             module(**bad)
     with pytest.raises(AmirError, match="objective=sigmoid"):
@@ -292,6 +292,7 @@ def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_
         )
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
     def module(**loss):
         return AmirModule(
@@ -304,9 +305,9 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
             **loss,
         )
 
-    target = torch.tensor([[1.0, 0, 0, 1.0, 0], [0, 0.3, 0, 1.0, 0], [0, 0, 0, 0, 0]])
+    target = torch.tensor([[1.0, 0, 0, 1.0, 0], [0, 0.3, 0.5, 1.0, 0], [0, 0, 0, 0, 0]])
     logits = torch.tensor([[2.0, -4.0, -1.0, 0.5, 3.0], [-2.0, 5.0, 1.0, -1.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    # by hand: every (present, absent) pair of a clip, present where the target is >= 0.5 (0.3 is absent)
+    # by hand: every (present, absent) pair of a clip, present where the target is >= 0.5 (0.5 is, 0.3 is not)
     expected = []
     for row_logits, row_target in zip(logits.tolist(), target.tolist()):
         present = [i for i, t in enumerate(row_target) if t >= 0.5]
@@ -315,7 +316,11 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
         expected.append(math.log1p(total))
     ranking = pairwise_ranking_loss(logits, target)
     torch.testing.assert_close(ranking, torch.tensor(expected))
-    assert float(ranking[2]) == 0.0  # no present class: no pair, no cost
+    assert float(ranking[2]) == 0.0  # no present class: no pair, no cost, and a finite gradient
+    lone = torch.zeros(2, 5, requires_grad=True)
+    with torch.autograd.detect_anomaly():
+        pairwise_ranking_loss(lone, torch.tensor([[0.0] * 5, [1.0] * 5])).sum().backward()
+    assert torch.equal(lone.grad, torch.zeros(2, 5))
     # a clip ranked right costs less than the same clip ranked wrong, and its gradient lifts the present class
     right = torch.tensor([[4.0, -4.0, -4.0]], requires_grad=True)
     pairwise_ranking_loss(right, torch.tensor([[1.0, 0, 0]])).sum().backward()
@@ -326,8 +331,9 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
     torch.testing.assert_close(module(ranking_weight=0.5)._loss(logits, target), (bce + 0.5 * ranking).mean())
     torch.testing.assert_close(module()._loss(logits, target), bce.mean())
-    with pytest.raises(AmirError, match="ranking_weight=-1.0"):
-        module(ranking_weight=-1.0)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(AmirError, match=f"ranking_weight={bad}"):
+            module(ranking_weight=bad)
     with pytest.raises(AmirError, match="objective=sigmoid"):
         AmirModule(
             {"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import pickle
 import re
 import warnings
@@ -101,8 +102,9 @@ def pairwise_ranking_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     present = target >= 0.5
     pairs = present.unsqueeze(2) & ~present.unsqueeze(1)  # [clip, present p, absent a]
     margins = logits.unsqueeze(1) - logits.unsqueeze(2)  # [clip, p, a] = logit_a - logit_p
-    worst = torch.logsumexp(margins.masked_fill(~pairs, float("-inf")).flatten(1), dim=1)
-    return F.softplus(worst)  # log(1 + sum exp): exp(-inf) = 0 where a clip has no pair
+    masked = margins.masked_fill(~pairs, float("-inf")).flatten(1)
+    # log(1 + sum exp) as the log-sum-exp with a 0 beside the pairs: finite, gradient too, where a clip has none
+    return torch.logsumexp(torch.cat([masked.new_zeros(len(masked), 1), masked], dim=1), dim=1)
 
 
 MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
@@ -204,17 +206,17 @@ class AmirModule(L.LightningModule):
                 "module.label_smoothing smooths a softmax target; with module.objective=sigmoid set it to 0"
             )
         if (negative_focus or negative_margin) and (
-            objective != "sigmoid" or negative_focus < 0 or not 0.0 <= negative_margin < 1.0
+            objective != "sigmoid" or not 0.0 <= negative_focus < math.inf or not 0.0 <= negative_margin < 1.0
         ):
             raise AmirError(
                 f"module.negative_focus={negative_focus}, negative_margin={negative_margin}: the asymmetric loss "
                 "weighs the absent classes of a sigmoid model; give module.objective=sigmoid, a focus >= 0 (4 is "
                 "usual) and a margin in [0, 1) (0.05 is usual), or both 0 (binary cross-entropy)"
             )
-        if ranking_weight and (objective != "sigmoid" or ranking_weight < 0):
+        if ranking_weight and (objective != "sigmoid" or not 0.0 <= ranking_weight < math.inf):
             raise AmirError(
                 f"module.ranking_weight={ranking_weight}: the pairwise ranking term is added to a sigmoid model's "
-                "loss; give module.objective=sigmoid and a weight >= 0 (0: off)"
+                "loss; give module.objective=sigmoid and a finite weight >= 0 (0: off)"
             )
         if not 0.0 <= accompaniment_target <= 1.0:
             raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
