@@ -254,22 +254,24 @@ def test_the_sigmoid_loss_fits_every_target_and_the_accompaniment_target_weights
         )
 
 
-def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_easy_absent_ones():
-    def module(**loss):
-        return AmirModule(
-            net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
-            optimizer={"_target_": "torch.optim.Adam"},
-            class_names=TINY_CLASSES,
-            features=TINY_FEATURES.as_dict(),
-            input_shape=(32, 33),
-            objective="sigmoid",
-            **loss,
-        )
+def tiny_module(objective: str = "sigmoid", **loss) -> AmirModule:
+    """A tiny sigmoid (or ``objective``) module to call ``_loss`` on."""
+    return AmirModule(
+        net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+        optimizer={"_target_": "torch.optim.Adam"},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES.as_dict(),
+        input_shape=(32, 33),
+        objective=objective,
+        **loss,
+    )
 
+
+def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_easy_absent_ones():
     target = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0]])
     logits = torch.tensor([[2.0, -4.0, -1.0, 0.5, 3.0], [-2.0, -6.0, 1.0, -1.0, 0.0]])
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    asl = module(negative_focus=4.0, negative_margin=0.05)
+    asl = tiny_module(negative_focus=4.0, negative_margin=0.05)
     per_class = asl._loss(logits, target) * 2  # the mean over the two clips of the sum over the classes
     p = torch.sigmoid(logits)
     shifted = (p - 0.05).clamp_min(0)
@@ -277,34 +279,23 @@ def test_the_asymmetric_loss_is_cross_entropy_for_present_classes_and_discounts_
     torch.testing.assert_close(per_class, expected.sum())
     assert float(expected[0, 1]) == 0.0 < float(bce[0, 1])  # p below the margin: an absent class that costs nothing
     assert float(expected[0, 4]) < float(bce[0, 4])  # a confident mistake still costs, if less than in cross-entropy
-    torch.testing.assert_close(module(negative_focus=0.0, negative_margin=0.0)._loss(logits, target), bce.sum() / 2)
+    torch.testing.assert_close(
+        tiny_module(negative_focus=0.0, negative_margin=0.0)._loss(logits, target), bce.sum() / 2
+    )
     # no margin (the log-sigmoid branch), on a soft target: each term weighted by the target
     soft = torch.tensor([[1.0, 0.3, 0, 0, 0], [0, 0, 0, 1.0, 0]])
     log_p, log_not_p = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
     expected = -(soft * log_p + (1 - soft) * torch.sigmoid(logits) ** 2 * log_not_p)
-    torch.testing.assert_close(module(negative_focus=2.0)._loss(logits, soft) * 2, expected.sum())
+    torch.testing.assert_close(tiny_module(negative_focus=2.0)._loss(logits, soft) * 2, expected.sum())
     for bad in ({"negative_focus": -1.0}, {"negative_focus": math.nan}, {"negative_margin": 1.0}):
         with pytest.raises(AmirError, match="asymmetric loss"):
-            module(**bad)
+            tiny_module(**bad)
     with pytest.raises(AmirError, match="objective=sigmoid"):
-        AmirModule(
-            asl.hparams.net, asl.hparams.optimizer, TINY_CLASSES, TINY_FEATURES.as_dict(), (32, 33), negative_focus=4.0
-        )
+        tiny_module("softmax", negative_focus=4.0)
 
 
 @pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
-    def module(**loss):
-        return AmirModule(
-            net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
-            optimizer={"_target_": "torch.optim.Adam"},
-            class_names=TINY_CLASSES,
-            features=TINY_FEATURES.as_dict(),
-            input_shape=(32, 33),
-            objective="sigmoid",
-            **loss,
-        )
-
     target = torch.tensor([[1.0, 0, 0, 1.0, 0], [0, 0.3, 0.5, 1.0, 0], [0, 0, 0, 0, 0]])
     logits = torch.tensor([[2.0, -4.0, -1.0, 0.5, 3.0], [-2.0, 5.0, 1.0, -1.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
     # by hand: every (present, absent) pair of a clip, present where the target is >= 0.5 (0.5 is, 0.3 is not)
@@ -329,20 +320,13 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
     assert float(wrong[0]) > 8 > 1e-3 > float(pairwise_ranking_loss(right.detach(), torch.tensor([[1.0, 0, 0]]))[0])
     # the module adds it, weighted, to the binary cross-entropy; 0 leaves the cross-entropy alone
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
-    torch.testing.assert_close(module(ranking_weight=0.5)._loss(logits, target), (bce + 0.5 * ranking).mean())
-    torch.testing.assert_close(module()._loss(logits, target), bce.mean())
+    torch.testing.assert_close(tiny_module(ranking_weight=0.5)._loss(logits, target), (bce + 0.5 * ranking).mean())
+    torch.testing.assert_close(tiny_module()._loss(logits, target), bce.mean())
     for bad in (-1.0, math.inf, math.nan):
         with pytest.raises(AmirError, match=f"ranking_weight={bad}"):
-            module(ranking_weight=bad)
+            tiny_module(ranking_weight=bad)
     with pytest.raises(AmirError, match="objective=sigmoid"):
-        AmirModule(
-            {"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
-            {"_target_": "torch.optim.Adam"},
-            TINY_CLASSES,
-            TINY_FEATURES.as_dict(),
-            (32, 33),
-            ranking_weight=1.0,
-        )
+        tiny_module("softmax", ranking_weight=1.0)
 
 
 @pytest.fixture(scope="module")
