@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from amir_pl.inference.recordings import bootstrap_line
+
 
 def summary(train_run: Path, mixtures_run: Path) -> str:
     solo = json.loads((train_run / "metrics.json").read_text())["test"]
@@ -28,12 +30,7 @@ def summary(train_run: Path, mixtures_run: Path) -> str:
     if val:
         lines.insert(1, f"  validation mixtures: micro F1 {val['micro']['f1']:.3f}, LRAP {val['lrap']:.3f}")
     if booted := test.get("bootstrap"):  # amir-evaluate-recordings bootstrap=N: right under the test figures
-        (f1_low, f1_high), (lrap_low, lrap_high) = booted["micro_f1"]["interval"], booted["lrap"]["interval"]
-        lines.insert(
-            1,
-            f"  {100 * booted['level']:.0f} % of {booted['resamples']} resamples of the test mixtures: micro F1 "
-            f"{f1_low:.3f}-{f1_high:.3f}, LRAP {lrap_low:.3f}-{lrap_high:.3f}",
-        )
+        lines.insert(1, bootstrap_line(booted, "the test mixtures"))
     lines.append(f"runs: {train_run} {mixtures_run}")
     return "\n".join(lines)
 

@@ -457,6 +457,15 @@ def log_to_tensorboard(
     print(f"tensorboard --logdir {folder}")
 
 
+def bootstrap_line(booted: Mapping, files: str) -> str:
+    """One line of a report's ``bootstrap`` entry (``bootstrap_interval``), naming what was resampled."""
+    (f1_low, f1_high), (lrap_low, lrap_high) = booted["micro_f1"]["interval"], booted["lrap"]["interval"]
+    return (
+        f"  {100 * booted['level']:.0f} % of {booted['resamples']} resamples of {files}: "
+        f"micro F1 {f1_low:.3f}-{f1_high:.3f}, LRAP {lrap_low:.3f}-{lrap_high:.3f}"
+    )
+
+
 def format_summary(split: str, summary: Mapping) -> str:
     micro, macro = summary["micro"], summary["macro"]
     lines = [
@@ -471,12 +480,7 @@ def format_summary(split: str, summary: Mapping) -> str:
         f"  {'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'AP':>8}{'support':>9}",
     ]
     if booted := summary.get("bootstrap"):
-        (f1_low, f1_high), (lrap_low, lrap_high) = booted["micro_f1"]["interval"], booted["lrap"]["interval"]
-        lines.insert(
-            2,
-            f"  {100 * booted['level']:.0f} % of {booted['resamples']} resamples of the files: micro F1 {f1_low:.3f}-"
-            f"{f1_high:.3f}, LRAP {lrap_low:.3f}-{lrap_high:.3f}",
-        )
+        lines.insert(2, bootstrap_line(booted, "the files"))
     for name, c in summary["per_class"].items():
         ap = "-" if c["average_precision"] is None else f"{c['average_precision']:.3f}"
         lines.append(f"  {name:<18}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{ap:>8}{c['support']:>9}")
