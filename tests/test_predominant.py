@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from conftest import FAST, TINY_CLASSES, TINY_FEATURES
 from test_prepare import write_tone
 from test_synth_mixtures import CLASSES, _db, _render, make_library
@@ -329,6 +330,37 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
         tiny_module("softmax", ranking_weight=1.0)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # training_step called without a trainer
+@pytest.mark.parametrize("objective", ["sigmoid", "softmax"])
+def test_distillation_fits_the_teachers_mean_scores_of_the_same_batch_beside_the_labels(objective):
+    torch.manual_seed(0)
+    teachers = [tiny_module(objective).eval() for _ in range(2)]
+    student = tiny_module(objective, teachers=["unused.ckpt"], teacher_weight=0.75)  # set by hand, not loaded
+    student._teachers = teachers
+    x, y = torch.rand(3, 32, 33), torch.tensor([0, 2, 4])
+    with torch.no_grad():
+        by_hand = [torch.softmax(t.net(x), 1) if objective == "softmax" else torch.sigmoid(t.net(x)) for t in teachers]
+    scores = student.teacher_scores(x)
+    torch.testing.assert_close(scores, (by_hand[0] + by_hand[1]) / 2)
+    assert not scores.requires_grad
+    torch.manual_seed(1)
+    loss = student.training_step((x, y), 0)
+    logits = student(x)
+    label_loss = student._loss(logits, y if objective == "softmax" else F.one_hot(y, 5).float())
+    if objective == "sigmoid":
+        soft = F.binary_cross_entropy_with_logits(logits, scores, reduction="none").sum(dim=1).mean()
+    else:
+        soft = -(scores * torch.log_softmax(logits, 1)).sum(dim=1).mean()
+    torch.testing.assert_close(loss, 0.25 * label_loss + 0.75 * soft)
+    # the teachers are no part of the model: not in its weights, and untouched by its gradients
+    assert student.state_dict().keys() == tiny_module(objective).state_dict().keys()
+    loss.backward()
+    assert all(p.grad is None for t in teachers for p in t.parameters())
+    for bad in (0.0, 1.5, math.nan):
+        with pytest.raises(AmirError, match=f"teacher_weight={bad}"):
+            tiny_module(teachers=["a.ckpt"], teacher_weight=bad)
+
+
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
     """A sigmoid model trained with batch mixing on a file with targets, the checkpoint chosen on val/lrap."""
@@ -373,6 +405,30 @@ def test_the_checkpoint_is_chosen_on_validation_lrap_and_the_reports_carry_the_m
     assert int(best.name[5:8]) == int(np.argmax(lraps))  # the epoch of the highest LRAP, not the lowest error
     multilabel = json.loads((run / "metrics.json").read_text())["test"]["multilabel"]
     assert multilabel == summaries["test"]["multilabel"] and 0 < multilabel["lrap"] <= 1
+
+
+def test_a_student_trains_on_its_teachers_scores_and_its_checkpoint_holds_only_its_own_net(
+    sigmoid_run, compose_cfg, monkeypatch
+):
+    run, data, _ = sigmoid_run
+    (teacher,) = (run / "checkpoints").glob("epoch*.ckpt")
+    calls = []
+    original = AmirModule.teacher_scores
+    monkeypatch.setattr(AmirModule, "teacher_scores", lambda self, x: calls.append(len(x)) or original(self, x))
+    base = [f"data.path={data}", "experiment=predominant", *FAST, "trainer.max_epochs=2", "logger=csv"]
+    cfg = compose_cfg("train", [*base, f"module.teachers=[{teacher}]", "module.teacher_weight=0.9"])
+    train(cfg)
+    with h5py.File(data) as f:
+        assert sum(calls) == 2 * len(f["train"]["y"])  # each training clip in both epochs; no validation or test clip
+    (ckpt,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
+    student = load_checkpoint(ckpt)
+    assert student.hparams["teachers"] == [str(teacher)] and student.hparams["teacher_weight"] == 0.9
+    assert student.state_dict().keys() == load_checkpoint(teacher).state_dict().keys() and not student._teachers
+    with pytest.raises(AmirError, match=r"module.teachers: .*missing.ckpt: no such file"):
+        train(compose_cfg("train", [*base, f"module.teachers=[{teacher},{run}/missing.ckpt]"]))
+    softmax = [*base, "module.objective=softmax", f"module.teachers=[{teacher}]"]
+    with pytest.raises(AmirError, match=r"objective sigmoid .* this run has .* softmax"):
+        train(compose_cfg("train", softmax))
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])

@@ -194,8 +194,16 @@ class AmirModule(L.LightningModule):
         negative_focus: float = 0.0,
         negative_margin: float = 0.0,
         ranking_weight: float = 0.0,
+        teachers: Sequence[str] = (),
+        teacher_weight: float = 0.9,
     ):
         super().__init__()
+        teachers = [str(path) for path in teachers or ()]
+        if teachers and not 0.0 < teacher_weight <= 1.0:
+            raise AmirError(
+                f"module.teacher_weight={teacher_weight}: the share of the loss that fits the teachers' scores; "
+                "give a weight in (0, 1] (0.9 is usual), or module.teachers=[] to train on the labels alone"
+            )
         if objective not in OBJECTIVES:
             raise AmirError(
                 f"module.objective={objective!r}: softmax (one instrument: cross-entropy) or sigmoid "
@@ -246,6 +254,8 @@ class AmirModule(L.LightningModule):
                 "negative_focus": negative_focus,
                 "negative_margin": negative_margin,
                 "ranking_weight": ranking_weight,
+                "teachers": teachers,
+                "teacher_weight": teacher_weight,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -275,6 +285,35 @@ class AmirModule(L.LightningModule):
         self.results: dict[str, dict] = {}  # stage -> computed metrics of the last epoch, on CPU
         self.eval_split = "test"  # which split the test loop is scoring (named in logs and results)
         self.trained_precision: str | None = None  # the trainer precision of a loaded checkpoint
+        # Distillation teachers: loaded for fit only, in a plain list so that they are not submodules
+        # (not in the checkpoint, the optimizer, DDP's gradient sync or train()/eval() switches).
+        self._teachers: list[AmirModule] = []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("teachers") and not self._teachers:
+            self._teachers = [self._load_teacher(path) for path in self.hparams.teachers]
+
+    def _load_teacher(self, path: str) -> AmirModule:
+        """A checkpoint whose scores the model learns to match: same classes, objective and input."""
+        if not Path(path).is_file():
+            raise AmirError(f"module.teachers: {path}: no such file; give the .ckpt paths of trained runs")
+        teacher = load_checkpoint(path)
+        mine = (self.class_names, self.objective, list(self.hparams.input_shape))
+        theirs = (teacher.class_names, teacher.objective, list(teacher.hparams.input_shape))
+        if mine != theirs:
+            raise AmirError(
+                f"module.teachers: {path} was trained for classes {theirs[0]}, objective {theirs[1]} and input "
+                f"{theirs[2]}; this run has {mine[0]}, {mine[1]} and {mine[2]}: give teachers trained on this "
+                "dataset's classes and features with the same module.objective"
+            )
+        return teacher.eval().requires_grad_(False)
+
+    def teacher_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The teachers' mean class scores (sigmoid or softmax, as the objective) for the batch ``x``."""
+        with torch.no_grad():
+            for teacher in self._teachers:
+                teacher.to(x.device)  # a no-op after the first batch
+            return torch.stack([teacher.scores(teacher(x).float()) for teacher in self._teachers]).mean(dim=0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the trainer precision, so amir-evaluate reproduces a bf16-mixed run's figures."""
@@ -342,6 +381,15 @@ class AmirModule(L.LightningModule):
             target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return F.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
 
+    def _soft_target_loss(self, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy per class summed over the classes (sigmoid) or cross-entropy (softmax) to
+        probabilities, averaged (or summed) over the clips as ``_loss``."""
+        logits = logits.float()
+        if self.objective == "sigmoid":
+            loss = F.binary_cross_entropy_with_logits(logits, scores, reduction="none").sum(dim=1)
+            return loss.mean() if self.hparams.loss_reduction == "mean" else loss.sum()
+        return F.cross_entropy(logits, scores, reduction=self.hparams.loss_reduction)
+
     def _step(self, batch, label_smoothing: float = 0.0):
         x, y, target = self._targets(batch)
         logits = self(x)
@@ -357,6 +405,9 @@ class AmirModule(L.LightningModule):
         # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
         logits = self(x)
         loss = self._loss(logits, target, self.hparams.label_smoothing)
+        if self._teachers:  # distillation: the teachers' scores of the same augmented batch, as soft targets
+            weight = self.hparams.teacher_weight
+            loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, self.teacher_scores(x))
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
