@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from conftest import FAST, TINY_CLASSES, TINY_FEATURES
+from omegaconf import open_dict
 from test_prepare import write_tone
 from test_synth_mixtures import CLASSES, _db, _render, make_library
 
@@ -332,26 +334,27 @@ def test_the_ranking_term_costs_where_an_absent_class_outranks_a_present_one():
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # training_step called without a trainer
 @pytest.mark.parametrize("objective", ["sigmoid", "softmax"])
-def test_distillation_fits_the_teachers_mean_scores_of_the_same_batch_beside_the_labels(objective):
+@pytest.mark.parametrize(("reduction", "weight"), [("mean", 0.75), ("sum", 1.0)])
+def test_distillation_fits_the_teachers_mean_scores_of_the_same_batch_beside_the_labels(objective, reduction, weight):
     torch.manual_seed(0)
-    teachers = [tiny_module(objective).eval() for _ in range(2)]
-    student = tiny_module(objective, teachers=["unused.ckpt"], teacher_weight=0.75)  # set by hand, not loaded
-    student._teachers = teachers
+    teachers = [tiny_module(objective).net.eval() for _ in range(2)]
+    student = tiny_module(objective, teachers=["unused.ckpt"], teacher_weight=weight, loss_reduction=reduction)
+    student._teachers = teachers  # set by hand: not loaded
     x, y = torch.rand(3, 32, 33), torch.tensor([0, 2, 4])
     with torch.no_grad():
-        by_hand = [torch.softmax(t.net(x), 1) if objective == "softmax" else torch.sigmoid(t.net(x)) for t in teachers]
+        by_hand = [torch.softmax(t(x), 1) if objective == "softmax" else torch.sigmoid(t(x)) for t in teachers]
     scores = student.teacher_scores(x)
     torch.testing.assert_close(scores, (by_hand[0] + by_hand[1]) / 2)
     assert not scores.requires_grad
-    torch.manual_seed(1)
     loss = student.training_step((x, y), 0)
     logits = student(x)
     label_loss = student._loss(logits, y if objective == "softmax" else F.one_hot(y, 5).float())
     if objective == "sigmoid":
-        soft = F.binary_cross_entropy_with_logits(logits, scores, reduction="none").sum(dim=1).mean()
+        soft = F.binary_cross_entropy_with_logits(logits, scores, reduction="none").sum(dim=1)
     else:
-        soft = -(scores * torch.log_softmax(logits, 1)).sum(dim=1).mean()
-    torch.testing.assert_close(loss, 0.25 * label_loss + 0.75 * soft)
+        soft = -(scores * torch.log_softmax(logits, 1)).sum(dim=1)
+    soft = soft.mean() if reduction == "mean" else soft.sum()
+    torch.testing.assert_close(loss, (1 - weight) * label_loss + weight * soft)
     # the teachers are no part of the model: not in its weights, and untouched by its gradients
     assert student.state_dict().keys() == tiny_module(objective).state_dict().keys()
     loss.backward()
@@ -408,27 +411,51 @@ def test_the_checkpoint_is_chosen_on_validation_lrap_and_the_reports_carry_the_m
 
 
 def test_a_student_trains_on_its_teachers_scores_and_its_checkpoint_holds_only_its_own_net(
-    sigmoid_run, compose_cfg, monkeypatch
+    sigmoid_run, compose_cfg, monkeypatch, tmp_path
 ):
     run, data, _ = sigmoid_run
     (teacher,) = (run / "checkpoints").glob("epoch*.ckpt")
     calls = []
     original = AmirModule.teacher_scores
-    monkeypatch.setattr(AmirModule, "teacher_scores", lambda self, x: calls.append(len(x)) or original(self, x))
+
+    def spy(self, x):
+        assert self._teachers and all(
+            not t.training and not any(p.requires_grad for p in t.parameters()) for t in self._teachers
+        )
+        calls.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(AmirModule, "teacher_scores", spy)
     base = [f"data.path={data}", "experiment=predominant", *FAST, "trainer.max_epochs=2", "logger=csv"]
-    cfg = compose_cfg("train", [*base, f"module.teachers=[{teacher}]", "module.teacher_weight=0.9"])
+    relative = os.path.relpath(teacher)  # recorded as an absolute path
+    cfg = compose_cfg("train", [*base, f"module.teachers=[{relative}]", "module.teacher_weight=0.9"])
     train(cfg)
     with h5py.File(data) as f:
         assert sum(calls) == 2 * len(f["train"]["y"])  # each training clip in both epochs; no validation or test clip
     (ckpt,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
     student = load_checkpoint(ckpt)
-    assert student.hparams["teachers"] == [str(teacher)] and student.hparams["teacher_weight"] == 0.9
+    assert student.hparams["teachers"] == [str(teacher.resolve())] and student.hparams["teacher_weight"] == 0.9
     assert student.state_dict().keys() == load_checkpoint(teacher).state_dict().keys() and not student._teachers
-    with pytest.raises(AmirError, match=r"module.teachers: .*missing.ckpt: no such file"):
-        train(compose_cfg("train", [*base, f"module.teachers=[{teacher},{run}/missing.ckpt]"]))
-    softmax = [*base, "module.objective=softmax", f"module.teachers=[{teacher}]"]
-    with pytest.raises(AmirError, match=r"objective sigmoid .* this run has .* softmax"):
-        train(compose_cfg("train", softmax))
+    # a teacher that cannot teach this run is refused before the run starts, naming it and the option
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    refusals = {
+        f"{run}/missing.ckpt": "missing.ckpt: no such file",
+        str(run): "a folder, not a checkpoint",
+        str(tmp_path / "junk.ckpt"): "junk.ckpt: not a readable amir-pl checkpoint",
+    }
+    for i, (path, message) in enumerate(refusals.items()):
+        cfg = compose_cfg("train", [*base, f"module.teachers=[{teacher},{path}]"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / f"refused{i}")
+        with pytest.raises(AmirError, match=f"module.teachers: .*{message}"):
+            train(cfg)
+        assert not (tmp_path / f"refused{i}" / "checkpoints").exists()
+    with pytest.raises(AmirError, match=r"module.objective sigmoid, this run has softmax"):
+        train(compose_cfg("train", [*base, "module.objective=softmax", f"module.teachers=[{teacher}]"]))
+    other_front_end = AmirModule(**{**student.hparams, "teachers": [str(teacher)]})
+    other_front_end.hparams.features["f_max"] = 8000.0
+    with pytest.raises(AmirError, match=r"with features .*'f_max': 11025.0.* this run has .*'f_max': 8000.0"):
+        other_front_end.load_teachers()
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])

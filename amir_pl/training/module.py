@@ -287,33 +287,56 @@ class AmirModule(L.LightningModule):
         self.trained_precision: str | None = None  # the trainer precision of a loaded checkpoint
         # Distillation teachers: loaded for fit only, in a plain list so that they are not submodules
         # (not in the checkpoint, the optimizer, DDP's gradient sync or train()/eval() switches).
-        self._teachers: list[AmirModule] = []
+        self._teachers: list[nn.Module] = []
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.get("teachers") and not self._teachers:
+    def load_teachers(self) -> None:
+        """Load ``module.teachers`` (their nets, for their scores), once; amir-train calls it before the
+        Trainer is built, so that a wrong path fails before a run starts."""
+        if self.hparams.get("teachers") and not self._teachers:
             self._teachers = [self._load_teacher(path) for path in self.hparams.teachers]
 
-    def _load_teacher(self, path: str) -> AmirModule:
-        """A checkpoint whose scores the model learns to match: same classes, objective and input."""
-        if not Path(path).is_file():
-            raise AmirError(f"module.teachers: {path}: no such file; give the .ckpt paths of trained runs")
-        teacher = load_checkpoint(path)
-        mine = (self.class_names, self.objective, list(self.hparams.input_shape))
-        theirs = (teacher.class_names, teacher.objective, list(teacher.hparams.input_shape))
-        if mine != theirs:
-            raise AmirError(
-                f"module.teachers: {path} was trained for classes {theirs[0]}, objective {theirs[1]} and input "
-                f"{theirs[2]}; this run has {mine[0]}, {mine[1]} and {mine[2]}: give teachers trained on this "
-                "dataset's classes and features with the same module.objective"
-            )
-        return teacher.eval().requires_grad_(False)
+    def _load_teacher(self, path: str) -> nn.Module:
+        """The net of a checkpoint whose scores the model learns to match: same classes, objective, front
+        end and input."""
+        where = Path(path)
+        if not where.is_file():
+            what = "a folder, not a checkpoint" if where.is_dir() else "no such file"
+            raise AmirError(f"module.teachers: {path}: {what}; give the .ckpt files of trained runs")
+        try:
+            teacher = load_checkpoint(where)
+        except AmirError as error:  # its message names ckpt_path=<path>: keep the reason, name the option
+            raise AmirError(f"module.teachers: {path}: {str(error).split(': ', 1)[-1]}") from None
+
+        def front_end(module: AmirModule) -> dict:  # the silence gate decides which clips, not what they hold
+            return {k: v for k, v in (module.hparams.get("features") or {}).items() if k != "rms_threshold"}
+
+        for what, mine, theirs in (
+            ("classes", self.class_names, teacher.class_names),
+            ("module.objective", self.objective, teacher.objective),
+            ("features", front_end(self), front_end(teacher)),
+            ("input shape", list(self.hparams.input_shape), list(teacher.hparams.input_shape)),
+        ):
+            if mine != theirs:
+                raise AmirError(
+                    f"module.teachers: {path} was trained with {what} {theirs}, this run has {mine}: give "
+                    "teachers trained on data of this run's classes and features, with its module.objective"
+                )
+        return teacher.net.eval().requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.load_teachers()
+            for teacher in self._teachers:  # Lightning gives setup the device the model will train on
+                teacher.to(self.device)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._teachers = []  # free them for testing; another fit loads them again
 
     def teacher_scores(self, x: torch.Tensor) -> torch.Tensor:
         """The teachers' mean class scores (sigmoid or softmax, as the objective) for the batch ``x``."""
         with torch.no_grad():
-            for teacher in self._teachers:
-                teacher.to(x.device)  # a no-op after the first batch
-            return torch.stack([teacher.scores(teacher(x).float()) for teacher in self._teachers]).mean(dim=0)
+            return torch.stack([self.scores(teacher(x.float()).float()) for teacher in self._teachers]).mean(dim=0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the trainer precision, so amir-evaluate reproduces a bf16-mixed run's figures."""

@@ -67,6 +67,9 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
 def build_module(cfg: DictConfig, datamodule: H5DataModule) -> AmirModule:
     """The LightningModule amir-train fits for ``cfg`` on ``datamodule``'s file (amir-bench times the same)."""
     info = datamodule.info
+    options = dict(cfg.get("module") or {})
+    if options.get("teachers"):  # recorded as absolute paths: hydra.job.chdir is false, so relative is to here
+        options["teachers"] = [str(Path(path).expanduser().resolve()) for path in options["teachers"]]
     module = AmirModule(
         net=cfg.model,
         optimizer=cfg.optimizer,
@@ -76,8 +79,9 @@ def build_module(cfg: DictConfig, datamodule: H5DataModule) -> AmirModule:
         input_shape=info.input_shape,
         augment=cfg.get("augment") or None,
         scheduler=cfg.get("scheduler") or None,
-        **cfg.get("module", {}),
+        **options,
     )
+    module.load_teachers()  # a wrong teacher fails here, before the Trainer starts a run
     # Input statistics of the training split (model.input_norm=band), the same on every rank; a resumed
     # run gets its own back from the checkpoint.
     if getattr(module.net, "needs_input_statistics", False):
