@@ -422,6 +422,8 @@ def test_a_student_trains_on_its_teachers_scores_and_its_checkpoint_holds_only_i
         assert self._teachers and all(
             not t.training and not any(p.requires_grad for p in t.parameters()) for t in self._teachers
         )
+        conv_weights = [p for t in self._teachers for p in t.parameters() if p.ndim == 4]
+        assert self.channels_last and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
         calls.append(len(x))
         return original(self, x)
 

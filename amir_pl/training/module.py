@@ -328,6 +328,8 @@ class AmirModule(L.LightningModule):
             self.load_teachers()
             for teacher in self._teachers:  # Lightning gives setup the device the model will train on
                 teacher.to(self.device)
+                if self.channels_last:  # as configure_model does for the net: 2.6x faster on the 2-core Xeon
+                    teacher.to(memory_format=torch.channels_last)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":
