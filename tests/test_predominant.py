@@ -454,6 +454,10 @@ def test_a_student_trains_on_its_teachers_scores_and_its_checkpoint_holds_only_i
         assert not (tmp_path / f"refused{i}" / "checkpoints").exists()
     with pytest.raises(AmirError, match=r"module.objective sigmoid, this run has softmax"):
         train(compose_cfg("train", [*base, "module.objective=softmax", f"module.teachers=[{teacher}]"]))
+    same_stream = AmirModule(**{**student.hparams, "teachers": [str(teacher)]})
+    state = torch.get_rng_state()
+    same_stream.load_teachers()  # draws nothing from the run's stream: its augmentation is its baseline's
+    assert len(same_stream._teachers) == 1 and torch.equal(torch.get_rng_state(), state)
     other_front_end = AmirModule(**{**student.hparams, "teachers": [str(teacher)]})
     other_front_end.hparams.features["f_max"] = 8000.0
     with pytest.raises(AmirError, match=r"with features .*'f_max': 11025.0.* this run has .*'f_max': 8000.0"):

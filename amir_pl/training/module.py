@@ -293,7 +293,8 @@ class AmirModule(L.LightningModule):
         """Load ``module.teachers`` (their nets, for their scores), once; amir-train calls it before the
         Trainer is built, so that a wrong path fails before a run starts."""
         if self.hparams.get("teachers") and not self._teachers:
-            self._teachers = [self._load_teacher(path) for path in self.hparams.teachers]
+            with torch.random.fork_rng(devices=[]):  # building their nets draws: keep the run's own stream
+                self._teachers = [self._load_teacher(path) for path in self.hparams.teachers]
 
     def _load_teacher(self, path: str) -> nn.Module:
         """The net of a checkpoint whose scores the model learns to match: same classes, objective, front
