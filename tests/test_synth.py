@@ -204,3 +204,77 @@ def test_baseline_scores_like_the_trainer(compose_cfg, tiny_h5, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["confusion_matrix"] == summaries["test"]["confusion_matrix"]
     assert (tmp_path / "per_class.csv").is_file() and (tmp_path / "confusion_matrix.png").is_file()
+
+
+needs_fluidsynth = pytest.mark.skipif(
+    not synth_module._can_import_fluidsynth(), reason="no libfluidsynth (apt-get install libfluidsynth3)"
+)
+
+
+@needs_font
+@needs_fluidsynth
+def test_articulation_offsets_slow_the_attack_and_widen_the_vibrato():
+    import numpy as np
+
+    from amir_pl.dataset.synth.render import ARTICULATION_GENERATORS
+
+    rate = 22050
+    renderer = synth_module.FluidSynthRenderer(rate)
+    font = TIMGM if Path(TIMGM).is_file() else str(fallback_font())
+
+    def flute_a4(**offsets):
+        renderer.select(font, 0, 73, 0)
+        renderer.articulate(0, {ARTICULATION_GENERATORS[name][0]: value for name, value in offsets.items()})
+        renderer.noteon(0, 69, 100)
+        audio = renderer.render(2 * rate).astype(np.float64)
+        renderer.reset()
+        return audio
+
+    def onset_share(audio):  # RMS of the first 40 ms against the note's from 0.5 to 1.5 s
+        return np.sqrt(np.mean(audio[: rate // 25] ** 2) / np.mean(audio[rate // 2 : 3 * rate // 2] ** 2))
+
+    def pitch_spread_cents(audio):  # the spread of each 40 ms frame's strongest frequency near 440 Hz
+        window, n_fft = 4096, 1 << 16
+        bins = np.fft.rfftfreq(n_fft, 1 / rate)
+        near = (bins > 300) & (bins < 600)
+        peaks = []
+        for start in range(rate // 2, len(audio) - window, rate // 25):
+            spectrum = np.abs(np.fft.rfft(audio[start : start + window] * np.hanning(window), n_fft))
+            peaks.append(bins[near][np.argmax(spectrum[near])])
+        return float(np.std(1200 * np.log2(np.array(peaks) / 440.0)))
+
+    plain = flute_a4()
+    assert np.array_equal(plain, flute_a4()) and np.array_equal(plain, flute_a4(attack_timecents=0))
+    assert onset_share(flute_a4(attack_timecents=7200)) < 0.5 * onset_share(plain)
+    assert pitch_spread_cents(flute_a4(vibrato_cents=40)) > pitch_spread_cents(plain) + 5
+
+
+@needs_font
+@needs_fluidsynth
+def test_articulation_in_melodic_training_parts_only_and_named_in_the_manifest(compose_cfg, tmp_path, monkeypatch):
+    from amir_pl.core.errors import AmirError
+
+    common = ("num_workers=1", "classes=[violin,flute,drums]", "accompaniment.probability=1")
+    articulated = _render(compose_cfg, tmp_path / "art", *common, "articulation.probability=1")
+    plain = _render(compose_cfg, tmp_path / "plain", *common)
+    ranges = {"attack": (-2400, 7200), "release": (-2400, 4800), "vibrato": (0, 40), "vibrato_rate": (-600, 600)}
+    for row in _manifest(articulated):
+        same = (articulated / row["path"]).read_bytes() == (plain / row["path"]).read_bytes()
+        assert same == (row["split"] != "train"), row  # validation and test clips and their accompaniment: no draw
+        if row["split"] == "train" and row["label"] != "drums":
+            drawn = dict(item.split("=") for item in row["articulation"].split())
+            assert drawn.keys() == ranges.keys(), row
+            assert all(ranges[name][0] <= float(value) <= ranges[name][1] for name, value in drawn.items()), row
+        else:
+            assert row["articulation"] == "", row  # drums and the other splits play their presets as they are
+    assert {row["articulation"] for row in _manifest(plain)} == {""}
+    again = _render(compose_cfg, tmp_path / "again", *common, "articulation.probability=1")
+    assert all(
+        (again / row["path"]).read_bytes() == (articulated / row["path"]).read_bytes() for row in _manifest(again)
+    )
+    for bad in ("probability=2", "attack_timecents=[100,0]", "vibrato_cents=[5]", "splits=[trian]"):
+        with pytest.raises(AmirError, match="articulation"):
+            _render(compose_cfg, tmp_path / "bad", "articulation.probability=0.5", f"articulation.{bad}")
+    monkeypatch.setattr(synth_module, "_can_import_fluidsynth", lambda: False)
+    with pytest.raises(AmirError, match=r"articulation.probability=0.5 needs fluidsynth .*libfluidsynth3"):
+        _render(compose_cfg, tmp_path / "tiny", "articulation.probability=0.5")

@@ -103,6 +103,16 @@ class SynthFewSamples:
 
 
 @dataclass
+class SynthArticulation:
+    probability: float = MISSING  # share of the melodic soundfont parts of `splits` played with drawn offsets
+    attack_timecents: list[float] = MISSING  # [low, high] offset of the attack time (1200: twice as long)
+    release_timecents: list[float] = MISSING  # [low, high] offset of the release time
+    vibrato_cents: list[float] = MISSING  # [low, high] vibrato depth added, cents
+    vibrato_rate_cents: list[float] = MISSING  # [low, high] offset of the vibrato rate (1200: twice as fast)
+    splits: list[str] = MISSING
+
+
+@dataclass
 class SynthConfig:
     task_name: str = MISSING
     output: str = MISSING
@@ -127,6 +137,7 @@ class SynthConfig:
     mic_db: float = MISSING
     room_splits: list[str] = MISSING
     few_samples: SynthFewSamples = field(default_factory=SynthFewSamples)
+    articulation: SynthArticulation = field(default_factory=SynthArticulation)
     accompaniment: SynthAccompaniment = field(default_factory=SynthAccompaniment)
     mixtures: SynthMixtures = field(default_factory=SynthMixtures)
     sources_dir: str = MISSING

@@ -81,6 +81,7 @@ class ClipResult:
     tempo: float | None  # None: a recording (its own tempo is not known)
     reverb: float
     chorus: float
+    articulation: str
     noise_snr_db: float | None
     room_rt60: float | None
     mic_db: float | None
@@ -145,7 +146,28 @@ class Part:
     instrument: str  # sample libraries: the instrument played; recordings: the file and the start
     reverb: float
     chorus: float
+    articulation: str  # soundfonts: the offsets drawn (``articulation``), "" for none
     attempts: int
+
+
+# SoundFont generators that ``articulation`` offsets (SoundFont 2.04, section 8.1.2) and the manifest's name of each
+ARTICULATION_GENERATORS = {
+    "attack_timecents": (34, "attack"),  # attackVolEnv
+    "release_timecents": (38, "release"),  # releaseVolEnv
+    "vibrato_cents": (6, "vibrato"),  # vibLfoToPitch
+    "vibrato_rate_cents": (24, "vibrato_rate"),  # freqVibLFO
+}
+
+
+def _draw_articulation(instrument, split: str, rng: np.random.Generator) -> dict[str, float]:
+    """The ``articulation`` offsets of one soundfont part, or {} (no draw at all when off, outside its
+    splits or for drums, so those renders stay as they were)."""
+    art = _settings["articulation"]
+    if not art["probability"] or split not in art["splits"] or instrument.bank == 128:
+        return {}
+    if rng.random() >= art["probability"]:
+        return {}
+    return {name: round(float(rng.uniform(*art[name]))) for name in ARTICULATION_GENERATORS}
 
 
 def render_part(
@@ -190,13 +212,17 @@ def render_part(
             reverb = float(rng.uniform(0.0, 0.6)) if rng.random() < s["effects_probability"] else 0.0
             chorus = float(rng.uniform(0.0, 0.5)) if rng.random() < s["effects_probability"] else 0.0
             phrase = compose_phrase(instrument, seconds, rng, **shared)
+            offsets = _draw_articulation(instrument, split, rng)
             _renderer.select(source.location, instrument.bank, program, channel)
             _renderer.effects(reverb, chorus)
+            if offsets:
+                _renderer.articulate(channel, {ARTICULATION_GENERATORS[k][0]: v for k, v in offsets.items()})
             audio = _play(phrase, channel, frames)
             _renderer.reset()
             played = f"bank {instrument.bank} program {program}"
+            articulation = " ".join(f"{ARTICULATION_GENERATORS[k][1]}={v:+g}" for k, v in offsets.items())
         elif source.kind == "recordings":  # an excerpt in its own tempo and key; the phrase only gives
-            program, reverb, chorus = None, 0.0, 0.0  # the accompaniment over it a tempo and key
+            program, reverb, chorus, articulation = None, 0.0, 0.0, ""  # the accompaniment over it a tempo and key
             audio, played = _recordings.excerpt(sets[int(rng.integers(len(sets)))], frames, rng)
             drawn = compose_phrase(instrument, seconds, rng, **shared)
             phrase = Phrase("recording", drawn.tempo, tonality=drawn.tonality)
@@ -208,7 +234,7 @@ def render_part(
                 count = int(rng.integers(few["samples"][0], few["samples"][1] + 1))
                 if (fewer := player.with_few_samples(count, rng)) is not player:
                     player, played = fewer, f"{played} [{count} of its notes]"
-            program, reverb, chorus = None, 0.0, 0.0
+            program, reverb, chorus, articulation = None, 0.0, 0.0, ""
             phrase = compose_phrase(instrument, seconds, rng, **shared)
             audio = sampler.play(player, phrase, frames, rng)
         peak = float(np.abs(audio).max())
@@ -218,7 +244,8 @@ def render_part(
                 break
     else:
         raise AmirError(f"{label} ({source.name}, {played}) rendered (almost) silent 5 times")
-    return Part(audio, phrase, program, played if source.kind != "soundfont" else "", reverb, chorus, attempt)
+    instrument_played = played if source.kind != "soundfont" else ""
+    return Part(audio, phrase, program, instrument_played, reverb, chorus, articulation, attempt)
 
 
 def render_clip(job: ClipJob) -> ClipResult:
@@ -253,6 +280,7 @@ def render_clip(job: ClipJob) -> ClipResult:
         round(part.phrase.tempo, 1) if source.kind != "recordings" else None,  # a recording's own: not known
         round(part.reverb, 3),
         round(part.chorus, 3),
+        part.articulation,
         None if snr is None else round(snr, 1),
         None if room is None else round(room, 2),
         None if mic is None else round(mic, 1),
@@ -677,6 +705,26 @@ def _check_few_samples(cfg: DictConfig) -> None:
         )
 
 
+def _check_articulation(cfg: DictConfig, renderer: str) -> None:
+    """The ``articulation`` options make sense together and the renderer can play them; else one line."""
+    a = cfg.articulation
+    ranges = {name: list(a[name]) for name in ARTICULATION_GENERATORS}
+    if not 0 <= a.probability <= 1 or any(len(r) != 2 or r[0] > r[1] for r in ranges.values()):
+        raise AmirError(
+            f"articulation.probability={a.probability} {' '.join(f'{k}={v}' for k, v in ranges.items())}: give a "
+            "share in [0, 1] (0: off) and each offset as a range [low, high] with low <= high"
+        )
+    if unknown := sorted(set(a.splits) - set(cfg.splits)):
+        raise AmirError(
+            f"articulation.splits={list(a.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
+        )
+    if renderer != "fluidsynth":
+        raise AmirError(
+            f"articulation.probability={a.probability} needs fluidsynth (the renderer here is {renderer}): "
+            "install libfluidsynth (apt-get install libfluidsynth3), or render with articulation.probability=0"
+        )
+
+
 def synth(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
@@ -698,6 +746,8 @@ def synth(cfg: DictConfig) -> Path:
     if cfg.few_samples.probability:
         _check_few_samples(cfg)
     renderer = available_renderer(cfg.renderer)
+    if cfg.articulation.probability:
+        _check_articulation(cfg, renderer)
     sources = usable_sources(cfg, renderer)
     jobs = make_jobs(cfg, sources)
     mixture_jobs = make_mixture_jobs(cfg, sources)
@@ -725,6 +775,11 @@ def synth(cfg: DictConfig) -> Path:
             "probability": float(cfg.few_samples.probability),
             "samples": tuple(cfg.few_samples.samples),
             "splits": set(cfg.few_samples.splits),
+        },
+        "articulation": {
+            "probability": float(cfg.articulation.probability),
+            "splits": set(cfg.articulation.splits),
+            **{name: tuple(cfg.articulation[name]) for name in ARTICULATION_GENERATORS},
         },
     }
     output.mkdir(parents=True, exist_ok=True)
@@ -765,7 +820,7 @@ def _write_manifest(tmp: Path, results: list[ClipResult], sources: dict[str, Usa
         writer.writerow(
             ["path", "label", "split", "family", "source", "bank", "program", "instrument"]
             + ["style", "tempo", "reverb", "chorus", "noise_snr_db", "room_rt60", "mic_db", "renderer"]
-            + ["instruments", "accompaniment_sources", "accompaniment_db"]
+            + ["instruments", "accompaniment_sources", "accompaniment_db", "articulation"]
         )
         for r in results:
             kind = sources[r.job.source].kind
@@ -779,6 +834,7 @@ def _write_manifest(tmp: Path, results: list[ClipResult], sources: dict[str, Usa
                 # every instrument sounding, the clip's own first (amir-prepare's multi-hot targets)
                 + [";".join([r.job.label, *(name for name, _, _ in backing)])]
                 + [";".join(source for _, source, _ in backing), ";".join(str(level) for _, _, level in backing)]
+                + [r.articulation]
             )
 
 

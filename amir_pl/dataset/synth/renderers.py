@@ -46,6 +46,9 @@ class FluidSynthRenderer:
             ctypes.c_int,
             ctypes.c_int,
         ]
+        self._set_gen = fluidsynth._fl.fluid_synth_set_gen
+        self._set_gen.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_float]
+        self._set_gen.restype = ctypes.c_int
 
     def _hold(self, path: str) -> int:
         if path not in self.held:
@@ -67,6 +70,13 @@ class FluidSynthRenderer:
     def effects(self, reverb: float, chorus: float) -> None:
         self.synth.set_reverb(roomsize=0.2 + 0.7 * reverb, damping=0.4, width=0.8, level=reverb)
         self.synth.set_chorus(nr=3, level=chorus * 2.0, speed=0.3, depth=8.0, type=0)
+
+    def articulate(self, channel: int, offsets: dict[int, float]) -> None:
+        """Add ``offsets`` to the channel's SoundFont generators (by number: 34 the attack time, ...), as
+        an NRPN would: every note played after this sounds with them."""
+        for generator, value in offsets.items():
+            if self._set_gen(self.synth.synth, channel, generator, value) != 0:
+                raise AmirError(f"fluidsynth refused generator {generator} = {value}")
 
     def noteon(self, channel, key, velocity):
         self.synth.noteon(channel, key, velocity)
