@@ -649,10 +649,7 @@ def _check_mixtures(cfg: DictConfig) -> None:
             raise AmirError(f"mixtures.{key}={list(m[key])}: give a range [low, high] with low <= high")
     if m.count < 0:
         raise AmirError(f"mixtures.count={m.count}: give the number of mixtures per split (0: none)")
-    if unknown := [split for split in m.splits if split not in cfg.splits]:
-        raise AmirError(
-            f"mixtures.splits={list(m.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
-        )
+    _check_splits("mixtures", cfg)
     if m.instruments[0] < 2:
         raise AmirError(f"mixtures.instruments={list(m.instruments)}: a mixture has at least 2 instruments")
     if m.predominant[0] < 1 or m.predominant[0] >= m.instruments[0]:
@@ -685,9 +682,15 @@ def _check_accompaniment(cfg: DictConfig) -> None:
             f"accompaniment.level_db={list(a.level_db)}: give [low, high] below 0 dB: the accompaniment is "
             "quieter than the clip's (predominant) instrument"
         )
-    if unknown := [split for split in a.splits if split not in cfg.splits]:
+    _check_splits("accompaniment", cfg)
+
+
+def _check_splits(option: str, cfg: DictConfig) -> None:
+    """``<option>.splits`` names splits of this render; else one line naming them."""
+    splits = list(cfg[option].splits)
+    if unknown := sorted(set(splits) - set(cfg.splits)):
         raise AmirError(
-            f"accompaniment.splits={list(a.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
+            f"{option}.splits={splits}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
         )
 
 
@@ -699,10 +702,7 @@ def _check_few_samples(cfg: DictConfig) -> None:
             f"few_samples.probability={f.probability} samples={list(f.samples)}: give a share in [0, 1] (0: off) "
             "and a range [low, high] of sampled notes with 1 <= low <= high"
         )
-    if unknown := sorted(set(f.splits) - set(cfg.splits)):
-        raise AmirError(
-            f"few_samples.splits={list(f.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
-        )
+    _check_splits("few_samples", cfg)
 
 
 def _check_articulation(cfg: DictConfig, renderer: str) -> None:
@@ -714,10 +714,7 @@ def _check_articulation(cfg: DictConfig, renderer: str) -> None:
             f"articulation.probability={a.probability} {' '.join(f'{k}={v}' for k, v in ranges.items())}: give a "
             "share in [0, 1] (0: off) and each offset as a range [low, high] with low <= high"
         )
-    if unknown := sorted(set(a.splits) - set(cfg.splits)):
-        raise AmirError(
-            f"articulation.splits={list(a.splits)}: {unknown} not a split of this render; its splits are {list(cfg.splits)}"
-        )
+    _check_splits("articulation", cfg)
     if renderer != "fluidsynth":
         raise AmirError(
             f"articulation.probability={a.probability} needs fluidsynth (the renderer here is {renderer}): "
