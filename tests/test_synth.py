@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from amir_pl.training.train import train
 TIMGM = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 needs_font = pytest.mark.skipif(
     not Path(TIMGM).is_file() and fallback_font() is None, reason="no TimGM6mb.sf2 (apt-get install timgm6mb-soundfont)"
+)
+needs_fluidsynth = pytest.mark.skipif(
+    not synth_module._can_import_fluidsynth(), reason="no libfluidsynth (apt-get install libfluidsynth3)"
 )
 
 
@@ -206,14 +210,9 @@ def test_baseline_scores_like_the_trainer(compose_cfg, tiny_h5, tmp_path):
     assert (tmp_path / "per_class.csv").is_file() and (tmp_path / "confusion_matrix.png").is_file()
 
 
-needs_fluidsynth = pytest.mark.skipif(
-    not synth_module._can_import_fluidsynth(), reason="no libfluidsynth (apt-get install libfluidsynth3)"
-)
-
-
 @needs_font
 @needs_fluidsynth
-def test_articulation_offsets_slow_the_attack_and_widen_the_vibrato():
+def test_articulation_offsets_reach_the_attack_the_release_and_the_vibrato():
     import numpy as np
 
     from amir_pl.dataset.synth.render import ARTICULATION_GENERATORS
@@ -222,23 +221,31 @@ def test_articulation_offsets_slow_the_attack_and_widen_the_vibrato():
     renderer = synth_module.FluidSynthRenderer(rate)
     font = TIMGM if Path(TIMGM).is_file() else str(fallback_font())
 
-    def flute_a4(**offsets):
+    def flute_a4(**offsets):  # held for 1 s, then released
         renderer.select(font, 0, 73, 0)
         renderer.articulate(0, {ARTICULATION_GENERATORS[name][0]: value for name, value in offsets.items()})
         renderer.noteon(0, 69, 100)
-        audio = renderer.render(2 * rate).astype(np.float64)
+        held = renderer.render(rate)
+        renderer.noteoff(0, 69)
+        audio = np.concatenate([held, renderer.render(rate)]).astype(np.float64)
         renderer.reset()
         return audio
 
-    def onset_share(audio):  # RMS of the first 40 ms against the note's from 0.5 to 1.5 s
-        return np.sqrt(np.mean(audio[: rate // 25] ** 2) / np.mean(audio[rate // 2 : 3 * rate // 2] ** 2))
+    def rms(audio, start, end):
+        return float(np.sqrt(np.mean(audio[round(start * rate) : round(end * rate)] ** 2)))
 
-    def pitch_spread_cents(audio):  # the spread of each 40 ms frame's strongest frequency near 440 Hz
-        window, n_fft = 4096, 1 << 16
+    def onset_share(audio):  # the first 40 ms against the sustain
+        return rms(audio, 0.0, 0.04) / rms(audio, 0.5, 1.0)
+
+    def release_share(audio):  # 0.5-1 s after the note-off against the sustain
+        return rms(audio, 1.5, 2.0) / rms(audio, 0.5, 1.0)
+
+    def pitch_spread_cents(audio):  # the spread of the strongest frequency near 440 Hz, 46 ms windows
+        window, n_fft = 1024, 1 << 16
         bins = np.fft.rfftfreq(n_fft, 1 / rate)
         near = (bins > 300) & (bins < 600)
         peaks = []
-        for start in range(rate // 2, len(audio) - window, rate // 25):
+        for start in range(rate // 4, rate - window, rate // 50):
             spectrum = np.abs(np.fft.rfft(audio[start : start + window] * np.hanning(window), n_fft))
             peaks.append(bins[near][np.argmax(spectrum[near])])
         return float(np.std(1200 * np.log2(np.array(peaks) / 440.0)))
@@ -246,13 +253,16 @@ def test_articulation_offsets_slow_the_attack_and_widen_the_vibrato():
     plain = flute_a4()
     assert np.array_equal(plain, flute_a4()) and np.array_equal(plain, flute_a4(attack_timecents=0))
     assert onset_share(flute_a4(attack_timecents=7200)) < 0.5 * onset_share(plain)
-    assert pitch_spread_cents(flute_a4(vibrato_cents=40)) > pitch_spread_cents(plain) + 5
+    assert release_share(flute_a4(release_timecents=4800)) > 10 * release_share(plain)
+    assert pitch_spread_cents(flute_a4(vibrato_cents=40)) > pitch_spread_cents(plain) + 10
+    assert not np.array_equal(flute_a4(vibrato_cents=40), flute_a4(vibrato_cents=40, vibrato_rate_cents=600))
 
 
 @needs_font
 @needs_fluidsynth
-def test_articulation_in_melodic_training_parts_only_and_named_in_the_manifest(compose_cfg, tmp_path, monkeypatch):
+def test_articulation_in_melodic_training_parts_only_and_named_in_the_manifest(compose_cfg, tmp_path):
     from amir_pl.core.errors import AmirError
+    from amir_pl.dataset.synth.render import _check_articulation
 
     common = ("num_workers=1", "classes=[violin,flute,drums]", "accompaniment.probability=1")
     articulated = _render(compose_cfg, tmp_path / "art", *common, "articulation.probability=1")
@@ -273,8 +283,11 @@ def test_articulation_in_melodic_training_parts_only_and_named_in_the_manifest(c
         (again / row["path"]).read_bytes() == (articulated / row["path"]).read_bytes() for row in _manifest(again)
     )
     for bad in ("probability=2", "attack_timecents=[100,0]", "vibrato_cents=[5]", "splits=[trian]"):
-        with pytest.raises(AmirError, match="articulation"):
+        with pytest.raises(AmirError, match=rf"articulation\.{re.escape(bad.split('=')[0])}="):
             _render(compose_cfg, tmp_path / "bad", "articulation.probability=0.5", f"articulation.{bad}")
-    monkeypatch.setattr(synth_module, "_can_import_fluidsynth", lambda: False)
-    with pytest.raises(AmirError, match=r"articulation.probability=0.5 needs fluidsynth .*libfluidsynth3"):
-        _render(compose_cfg, tmp_path / "tiny", "articulation.probability=0.5")
+    # Off, its options are not read.
+    _render(compose_cfg, tmp_path / "off", "num_workers=1", "classes=[flute]", "articulation.attack_timecents=[1,0]")
+    # The tinysoundfont fallback cannot play them: refused before anything renders.
+    cfg = compose_cfg("synth", [f"output={tmp_path / 'tiny'}", "articulation.probability=0.5"])
+    with pytest.raises(AmirError, match=r"articulation.probability=0.5 needs fluidsynth .*renderer=auto"):
+        _check_articulation(cfg, "tinysoundfont")

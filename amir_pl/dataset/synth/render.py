@@ -49,7 +49,7 @@ from tqdm import tqdm
 from amir_pl.core.errors import AmirError
 from amir_pl.core.files import atomic_write, warn_if_short_of_space, write_fault
 from amir_pl.core.labels import CLASS_NAMES, irmas_code
-from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Phrase, compose_phrase
+from amir_pl.dataset.synth.phrases import DRUM_CHANNEL, INSTRUMENTS, Instrument, Phrase, compose_phrase
 from amir_pl.dataset.synth.recordings import RecordingPlayer, find_recordings
 from amir_pl.dataset.synth.renderers import FluidSynthRenderer, TinySoundFontRenderer, available_renderer, fallback_font
 from amir_pl.dataset.synth.samples import MultisampleRenderer, build_instrument
@@ -159,9 +159,10 @@ ARTICULATION_GENERATORS = {
 }
 
 
-def _draw_articulation(instrument, split: str, rng: np.random.Generator) -> dict[str, float]:
+def _draw_articulation(instrument: Instrument, split: str, rng: np.random.Generator) -> dict[str, int]:
     """The ``articulation`` offsets of one soundfont part, or {} (no draw at all when off, outside its
-    splits or for drums, so those renders stay as they were)."""
+    splits or for drums, so those renders stay as they were); whole cents and timecents, as the manifest
+    gives them."""
     art = _settings["articulation"]
     if not art["probability"] or split not in art["splits"] or instrument.bank == 128:
         return {}
@@ -708,17 +709,17 @@ def _check_few_samples(cfg: DictConfig) -> None:
 def _check_articulation(cfg: DictConfig, renderer: str) -> None:
     """The ``articulation`` options make sense together and the renderer can play them; else one line."""
     a = cfg.articulation
-    ranges = {name: list(a[name]) for name in ARTICULATION_GENERATORS}
-    if not 0 <= a.probability <= 1 or any(len(r) != 2 or r[0] > r[1] for r in ranges.values()):
-        raise AmirError(
-            f"articulation.probability={a.probability} {' '.join(f'{k}={v}' for k, v in ranges.items())}: give a "
-            "share in [0, 1] (0: off) and each offset as a range [low, high] with low <= high"
-        )
+    if not 0 <= a.probability <= 1:
+        raise AmirError(f"articulation.probability={a.probability}: give a share in [0, 1] (0: off)")
+    for name in ARTICULATION_GENERATORS:
+        if len(a[name]) != 2 or a[name][0] > a[name][1]:
+            raise AmirError(f"articulation.{name}={list(a[name])}: give a range [low, high] with low <= high")
     _check_splits("articulation", cfg)
     if renderer != "fluidsynth":
         raise AmirError(
             f"articulation.probability={a.probability} needs fluidsynth (the renderer here is {renderer}): "
-            "install libfluidsynth (apt-get install libfluidsynth3), or render with articulation.probability=0"
+            "apt-get install libfluidsynth3 && pip install pyfluidsynth, and renderer=auto or renderer=fluidsynth; "
+            "or articulation.probability=0"
         )
 
 
