@@ -3,7 +3,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from amir_pl.training.model import ModelConfigError, RelaxedFrequencyNorm, SegalConvNet
+from amir_pl.training.augment import mel_centres
+from amir_pl.training.model import HarmonicStack, ModelConfigError, RelaxedFrequencyNorm, SegalConvNet
 
 
 def test_thesis_shapes_and_4608_flatten():
@@ -207,3 +208,36 @@ def test_rfn_after_named_blocks_only():
         SegalConvNet((128, 130), 12, rfn_after=["fc"])
     with pytest.raises(ModelConfigError, match="model.rfn_lambda"):
         SegalConvNet((128, 130), 12, rfn_after=["conv1"], rfn_lambda=1.5)
+
+
+MELS = {"n_fft": 2048, "f_min": 0.0, "f_max": 11025.0, "n_mels": 128, "sample_rate": 22050, "mel_scale": "slaney"}
+
+
+def test_harmonic_stack_holds_the_clip_at_each_multiple_of_each_bands_frequency():
+    import numpy as np
+
+    centres = mel_centres(MELS)
+    stack = HarmonicStack(centres, [0.5, 1.0, 2.0, 3.0])
+    x = torch.randn(2, 1, 128, 7)
+    y = stack(x)
+    assert y.shape == (2, 4, 128, 7)
+    torch.testing.assert_close(y[:, 1], x[:, 0])  # h = 1: the clip itself
+    for channel, h in enumerate((0.5, 1.0, 2.0, 3.0)):
+        for band in (0, 20, 41, 60, 100, 127):
+            wanted = h * float(centres[band])
+            inside = float(centres[0]) <= wanted <= float(centres[-1])
+            expected = np.interp(wanted, centres.numpy(), x[1, 0, :, 3].numpy()) if inside else 0.0
+            assert float(y[1, channel, band, 3]) == pytest.approx(expected, abs=1e-5), (h, band)
+    above_range = 2 * centres > centres[-1]  # the bands whose double lies above the mel range: zero
+    assert 20 < int(above_range.sum()) < 128 and float(y[:, 2, above_range].abs().max()) == 0.0
+    assert stack(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_harmonics_give_conv1_a_channel_each_and_need_the_mel_parameters():
+    net = SegalConvNet((128, 130), 12, harmonics=[0.5, 1, 2, 3, 4, 5], features=MELS)
+    assert net.features.conv1[0].in_channels == 6 and net(torch.randn(2, 128, 130)).shape == (2, 12)
+    assert SegalConvNet((128, 130), 12).features.conv1[0].in_channels == 1  # the thesis: one channel
+    with pytest.raises(ModelConfigError, match=r"model.harmonics=\[0.0, 1.0\]"):
+        SegalConvNet((128, 130), 12, harmonics=[0, 1], features=MELS)
+    with pytest.raises(ModelConfigError, match="model.harmonics needs the dataset's mel parameters"):
+        SegalConvNet((128, 130), 12, harmonics=[1, 2])

@@ -232,3 +232,24 @@ def test_checkpoints_from_before_conv_norm_and_rfn_load_as_the_thesis_net(checkp
     x = torch.randn(3, 1, *load_checkpoint(checkpoint).hparams["input_shape"])
     with torch.no_grad():
         assert torch.equal(load_checkpoint(old).eval()(x), load_checkpoint(checkpoint).eval()(x))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])
+def test_harmonics_train_and_travel_to_evaluate_and_export(compose_cfg, tiny_h5, tmp_path, fmt):
+    # model.harmonics: the net places its bands with the dataset file's mel parameters, which the
+    # checkpoint carries; a loaded or exported model stacks the same harmonics.
+    train(compose_cfg("train", [f"data.path={tiny_h5}", *FAST, "trainer.max_epochs=1", "model.harmonics=[0.5,1,2]"]))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    module = load_checkpoint(ckpt).eval()
+    assert list(module.hparams["net"]["harmonics"]) == [0.5, 1, 2]
+    assert module.net.features.conv1[0].in_channels == 3
+    scored = evaluate(
+        compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.path={tiny_h5}", "data.num_workers=0", "splits=[test]"])
+    )
+    assert scored["test"]["n"] == N_TEST
+    exported, _ = load_exported(export(compose_cfg("export", [f"ckpt_path={ckpt}", f"format={fmt}"])))
+    features = FeatureParams.from_mapping(module.hparams["features"])
+    waveforms = 0.1 * torch.randn(2, features.clip_samples)
+    with torch.no_grad():
+        expected = module.scores(module.net(MelFrontEnd(features)(waveforms)))
+        torch.testing.assert_close(exported(waveforms), expected, atol=1e-5, rtol=1e-4)

@@ -18,6 +18,7 @@ import torchaudio
 from torch import nn
 
 from amir_pl.core.errors import AmirError
+from amir_pl.training.augment import mel_centres
 
 
 class ModelConfigError(AmirError, ValueError):
@@ -110,6 +111,35 @@ class RelaxedFrequencyNorm(nn.Module):
         return (self.lam * whole + (1.0 - self.lam) * rows).permute(0, 3, 1, 2)
 
 
+class HarmonicStack(nn.Module):
+    """One input channel per harmonic ``h``: band m of channel h holds the clip at h x band m's centre
+    frequency (linear between the two nearest bands; 0, the normalised mean, outside the mel range). At a
+    note's fundamental a 3x3 conv then sees the strength of its partials side by side whatever the pitch:
+    the harmonic stacking of Won et al. (ICASSP 2020, "Data-driven harmonic filters") on a fixed mel axis.
+    """
+
+    def __init__(self, centres: torch.Tensor, harmonics: Sequence[float]):
+        super().__init__()
+        wanted = torch.tensor([float(h) for h in harmonics], dtype=torch.float64)[:, None] * centres.double()[None]
+        upper = torch.searchsorted(centres.double().contiguous(), wanted.contiguous()).clamp(1, len(centres) - 1)
+        low_f, high_f = centres.double()[upper - 1], centres.double()[upper]
+        inside = (wanted >= centres[0]) & (wanted <= centres[-1])
+        weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1)
+        self.register_buffer("lower", (upper - 1).flatten(), persistent=False)
+        self.register_buffer("upper", upper.flatten(), persistent=False)
+        self.register_buffer("above", (weight * inside).float().flatten()[:, None], persistent=False)
+        self.register_buffer("below", ((1 - weight) * inside).float().flatten()[:, None], persistent=False)
+        self.channels = len(harmonics)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, 1, bands, frames) -> (batch, harmonics, bands, frames)."""
+        bands = x.shape[2]
+        x = x[:, 0]
+        below = x.index_select(1, self.lower) * self.below.to(x.dtype)
+        above = x.index_select(1, self.upper) * self.above.to(x.dtype)
+        return (below + above).unflatten(1, (self.channels, bands))
+
+
 class ConvBlock(nn.Sequential):
     """conv 3x3 -> ReLU -> 2x2 max-pool, with dropout after the pool or, as the author's code
     had it for conv3 and conv4, between the ReLU and the pool (``before_pool``). ``conv_norm=batch``
@@ -170,6 +200,8 @@ class SegalConvNet(nn.Module):
         conv_norm: str = "none",
         rfn_after: Sequence[str] = (),
         rfn_lambda: float = 0.5,
+        harmonics: Sequence[float] = (),
+        features: Mapping | None = None,
     ):
         super().__init__()
         dropout = dict(dropout or {})
@@ -196,6 +228,13 @@ class SegalConvNet(nn.Module):
             raise ModelConfigError(f"model.rfn_after={rfn_after}: name conv blocks of {list(DROPOUT_SITES[:4])}")
         if not 0.0 <= float(rfn_lambda) <= 1.0:
             raise ModelConfigError(f"model.rfn_lambda={rfn_lambda} must be in [0, 1] (0: instance norm only)")
+        harmonics = [float(h) for h in harmonics]
+        if harmonics and min(harmonics) <= 0:
+            raise ModelConfigError(
+                f"model.harmonics={harmonics}: give multiples of the frequency > 0, e.g. [0.5,1,2,3]"
+            )
+        if harmonics and not features:
+            raise ModelConfigError("model.harmonics needs the dataset's mel parameters (features) to place the bands")
         widths = [int(channels)] * 4 if isinstance(channels, int) else [int(c) for c in channels]
         if len(widths) != 4 or min(widths) < 1:
             raise ModelConfigError(
@@ -205,7 +244,9 @@ class SegalConvNet(nn.Module):
         # db: 10 log10 of the power mels (torchaudio's AmplitudeToDB), for a dataset of linear power
         self.compress = torchaudio.transforms.AmplitudeToDB("power") if compression == "db" else nn.Identity()
         self.norm = input_normalisation(input_norm)
-        in_channels = 1
+        # model.harmonics: conv1 sees the clip at each multiple of each band's frequency, one channel each
+        self.harmonic_stack = HarmonicStack(mel_centres(features), harmonics) if harmonics else nn.Identity()
+        in_channels = max(1, len(harmonics))
         blocks = {}
         for site, width in zip(DROPOUT_SITES[:4], widths):
             blocks[site] = ConvBlock(in_channels, width, float(dropout.get(site, 0.0)), dropout_position, conv_norm)
@@ -240,7 +281,8 @@ class SegalConvNet(nn.Module):
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        return self.classifier(self.fc(self.time_pool(self.features(self.norm(self.compress(x))))))
+        x = self.harmonic_stack(self.norm(self.compress(x)))
+        return self.classifier(self.fc(self.time_pool(self.features(x))))
 
 
 def _thesis_init(module: nn.Module) -> None:

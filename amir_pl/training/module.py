@@ -263,7 +263,9 @@ class AmirModule(L.LightningModule):
         self.channels_last = channels_last
         self.compile_mode = compile
         self.class_names = list(class_names)
-        self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names))
+        # the dataset's mel parameters, for a net that places its bands in frequency (model.harmonics)
+        placed = {"features": dict(features)} if net.get("harmonics") else {}
+        self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names), **placed)
         num_classes = len(class_names)
         # Training batches only (training_step); not part of the net, so never exported.
         self.augment = (
