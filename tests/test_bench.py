@@ -73,3 +73,9 @@ def test_predict_bench_scores_every_window_once_per_test_time_warp(compose_cfg, 
     assert plain["tta_semitones"] == [] and warped["tta_semitones"] == [-1.0, 0.0, 1.0]
     assert plain["windows"] == warped["windows"] == 3  # 6 s: windows at 0, 1.5 and 3 s
     assert plain["seconds_of_audio_per_second"] > 0 and warped["seconds_of_audio_per_second"] > 0
+
+
+def test_overhead_times_a_net_with_harmonics(compose_cfg):
+    # model.harmonics places its bands with mel parameters: the bench's random clips get those of their size
+    results = bench(compose_cfg("bench", [*TINY_OVERHEAD, "overhead.rounds=1", "model.harmonics=[0.5,1,2]"]))
+    assert results["overhead"]["bare_steps_per_s"] > 0 and results["overhead"]["lightning_steps_per_s"] > 0

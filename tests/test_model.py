@@ -237,7 +237,18 @@ def test_harmonics_give_conv1_a_channel_each_and_need_the_mel_parameters():
     net = SegalConvNet((128, 130), 12, harmonics=[0.5, 1, 2, 3, 4, 5], features=MELS)
     assert net.features.conv1[0].in_channels == 6 and net(torch.randn(2, 128, 130)).shape == (2, 12)
     assert SegalConvNet((128, 130), 12).features.conv1[0].in_channels == 1  # the thesis: one channel
-    with pytest.raises(ModelConfigError, match=r"model.harmonics=\[0.0, 1.0\]"):
-        SegalConvNet((128, 130), 12, harmonics=[0, 1], features=MELS)
+    x = torch.randn(3, 128, 130)
+    with torch.no_grad():
+        plain = net.eval()(x)
+        with torch.autocast("cpu", torch.bfloat16):  # bf16-mixed, as the recipes train on a CPU with bf16
+            torch.testing.assert_close(net(x).float(), plain, atol=0.05, rtol=0.05)
+        torch.testing.assert_close(net.to(memory_format=torch.channels_last)(x), plain, atol=1e-5, rtol=1e-4)
+    for bad in ([0, 1], [float("nan"), 1], [-1.0]):
+        with pytest.raises(ModelConfigError, match=r"model.harmonics=\[.*\]: give multiples"):
+            SegalConvNet((128, 130), 12, harmonics=bad, features=MELS)
     with pytest.raises(ModelConfigError, match="model.harmonics needs the dataset's mel parameters"):
         SegalConvNet((128, 130), 12, harmonics=[1, 2])
+    with pytest.raises(ModelConfigError, match=r"features.n_mels=128 is not the input's 64 bands"):
+        SegalConvNet((64, 130), 12, harmonics=[1, 2], features=MELS)
+    with pytest.raises(ModelConfigError, match="mel bands do not rise in frequency"):
+        SegalConvNet((128, 130), 12, harmonics=[1, 2], features={**MELS, "n_fft": 256})

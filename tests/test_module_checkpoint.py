@@ -225,7 +225,7 @@ def test_conv_norm_and_rfn_train_and_score_each_clip_alone(compose_cfg, tiny_h5,
 
 def test_checkpoints_from_before_conv_norm_and_rfn_load_as_the_thesis_net(checkpoint, tmp_path):
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for option in ("conv_norm", "rfn_after", "rfn_lambda"):  # what a checkpoint of before these options lacks
+    for option in ("conv_norm", "rfn_after", "rfn_lambda", "harmonics"):  # what a checkpoint of before these lacks
         saved["hyper_parameters"]["net"].pop(option)
     old = tmp_path / "old.ckpt"
     torch.save(saved, old)

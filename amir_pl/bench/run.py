@@ -298,7 +298,7 @@ def _module(model_cfg: DictConfig, shape, options) -> AmirModule:
         net=model_cfg,
         optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
         class_names=[str(i) for i in range(12)],
-        features={},
+        features={**FeatureParams().as_dict(), "n_mels": shape[0]},  # random clips: placed as mels of that size
         input_shape=shape,
         channels_last=options.get("channels_last", False),
         compile=options.get("compile", False),

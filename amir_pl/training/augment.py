@@ -61,19 +61,24 @@ def mel_centres(features: dict) -> torch.Tensor:
     return (bank * freqs[:, None]).sum(0) / bank.sum(0).clamp_min(1e-12)
 
 
+def band_interpolation(centres: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For frequencies ``wanted`` (any shape), the band above each (``upper``; ``upper - 1`` below it) among
+    the increasing band ``centres``, and the weight of that upper band in a linear interpolation between
+    the two (clamped to [0, 1]: the edge band's value beyond the first and last centres)."""
+    upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, len(centres) - 1)
+    low_f, high_f = centres[upper - 1], centres[upper]
+    return upper, ((wanted - low_f) / (high_f - low_f)).clamp(0, 1)
+
+
 def warp_mel_axis(db: torch.Tensor, centres: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     """``db`` (batch, n_mels, frames) in decibels, ``semitones`` (batch, 1): band m of each clip takes the
     value the clip had at centre(m) / 2^(s/12), linearly between bands, as a note s semitones up would.
     The training augmentation draws ``semitones``; test-time augmentation (amir-predict) fixes them."""
-    batch, bands, frames = db.shape
-    wanted = centres[None, :] / torch.pow(2.0, semitones / 12)
-    centres = centres.expand(batch, -1).contiguous()
-    upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, bands - 1)
-    low_f, high_f = centres.gather(1, upper - 1), centres.gather(1, upper)
-    weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1).unsqueeze(-1)
+    frames = db.shape[2]
+    upper, weight = band_interpolation(centres, centres[None, :] / torch.pow(2.0, semitones / 12))
     below = db.gather(1, (upper - 1).unsqueeze(-1).expand(-1, -1, frames))
     above = db.gather(1, upper.unsqueeze(-1).expand(-1, -1, frames))
-    return below + weight * (above - below)
+    return below + weight.unsqueeze(-1) * (above - below)
 
 
 class BatchAugment(nn.Module):

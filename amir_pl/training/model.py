@@ -18,7 +18,7 @@ import torchaudio
 from torch import nn
 
 from amir_pl.core.errors import AmirError
-from amir_pl.training.augment import mel_centres
+from amir_pl.training.augment import band_interpolation, mel_centres
 
 
 class ModelConfigError(AmirError, ValueError):
@@ -113,18 +113,23 @@ class RelaxedFrequencyNorm(nn.Module):
 
 class HarmonicStack(nn.Module):
     """One input channel per harmonic ``h``: band m of channel h holds the clip at h x band m's centre
-    frequency (linear between the two nearest bands; 0, the normalised mean, outside the mel range). At a
-    note's fundamental a 3x3 conv then sees the strength of its partials side by side whatever the pitch:
-    the harmonic stacking of Won et al. (ICASSP 2020, "Data-driven harmonic filters") on a fixed mel axis.
+    frequency (linear between the two nearest bands; 0 beyond the first and last centres, which is the
+    mean of the normalised input with ``input_norm=band``). At a note's fundamental a 3x3 conv then sees
+    the strength of its partials side by side whatever the pitch: the harmonic stacking of Won et al.
+    (ICASSP 2020, "Data-driven harmonic filters") on a fixed mel axis.
     """
 
     def __init__(self, centres: torch.Tensor, harmonics: Sequence[float]):
         super().__init__()
-        wanted = torch.tensor([float(h) for h in harmonics], dtype=torch.float64)[:, None] * centres.double()[None]
-        upper = torch.searchsorted(centres.double().contiguous(), wanted.contiguous()).clamp(1, len(centres) - 1)
-        low_f, high_f = centres.double()[upper - 1], centres.double()[upper]
+        centres = centres.double()
+        if not bool((centres[1:] > centres[:-1]).all()):
+            raise ModelConfigError(
+                "model.harmonics: the dataset's mel bands do not rise in frequency (too few FFT bins for its "
+                "n_mels); prepare it with a larger features.n_fft or fewer features.n_mels"
+            )
+        wanted = torch.tensor([float(h) for h in harmonics], dtype=torch.float64)[:, None] * centres[None]
+        upper, weight = band_interpolation(centres, wanted)
         inside = (wanted >= centres[0]) & (wanted <= centres[-1])
-        weight = ((wanted - low_f) / (high_f - low_f)).clamp(0, 1)
         self.register_buffer("lower", (upper - 1).flatten(), persistent=False)
         self.register_buffer("upper", upper.flatten(), persistent=False)
         self.register_buffer("above", (weight * inside).float().flatten()[:, None], persistent=False)
@@ -182,7 +187,9 @@ class SegalConvNet(nn.Module):
     sees where in frequency a pattern is, not when (``none``, the thesis: the whole map flattened).
     ``conv_norm=batch`` normalises every conv's output over the batch (``BatchNorm2d``; the thesis
     has none: ``none``). ``rfn_after`` names the conv blocks whose output goes through a
-    ``RelaxedFrequencyNorm`` with ``rfn_lambda`` (none in the thesis).
+    ``RelaxedFrequencyNorm`` with ``rfn_lambda`` (none in the thesis). ``harmonics`` gives conv1 one
+    input channel per multiple of each band's frequency (``HarmonicStack``), placed with ``features``,
+    the dataset file's mel parameters; none in the thesis.
     """
 
     def __init__(
@@ -229,12 +236,17 @@ class SegalConvNet(nn.Module):
         if not 0.0 <= float(rfn_lambda) <= 1.0:
             raise ModelConfigError(f"model.rfn_lambda={rfn_lambda} must be in [0, 1] (0: instance norm only)")
         harmonics = [float(h) for h in harmonics]
-        if harmonics and min(harmonics) <= 0:
+        if not all(0 < h < math.inf for h in harmonics):
             raise ModelConfigError(
                 f"model.harmonics={harmonics}: give multiples of the frequency > 0, e.g. [0.5,1,2,3]"
             )
         if harmonics and not features:
             raise ModelConfigError("model.harmonics needs the dataset's mel parameters (features) to place the bands")
+        if harmonics and int(features["n_mels"]) != int(input_shape[0]):
+            raise ModelConfigError(
+                f"model.harmonics: the dataset's features.n_mels={features['n_mels']} is not the input's "
+                f"{input_shape[0]} bands"
+            )
         widths = [int(channels)] * 4 if isinstance(channels, int) else [int(c) for c in channels]
         if len(widths) != 4 or min(widths) < 1:
             raise ModelConfigError(
