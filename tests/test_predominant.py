@@ -31,7 +31,12 @@ from amir_pl.inference.recordings import evaluate_recordings
 from amir_pl.training.augment import BatchAugment, mel_centres, warp_mel_axis
 from amir_pl.training.baseline import mfcc_statistics
 from amir_pl.training.data import H5ClipDataset
-from amir_pl.training.module import AmirModule, load_checkpoint, pairwise_ranking_loss
+from amir_pl.training.module import (
+    AmirModule,
+    load_checkpoint,
+    pairwise_ranking_loss,
+    supervised_contrastive_loss,
+)
 from amir_pl.training.train import train
 
 
@@ -364,6 +369,48 @@ def test_distillation_fits_the_teachers_mean_scores_of_the_same_batch_beside_the
             tiny_module(teachers=["a.ckpt"], teacher_weight=bad)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")  # training_step called without a trainer
+def test_the_contrastive_loss_draws_a_class_together_and_is_added_to_the_labels_loss_by_its_weight():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    # by hand, the "out" form: per anchor with positives, minus the mean over them of log softmax over the others
+    z = F.normalize(torch.tensor([[1.0, 0.2], [0.9, 0.1], [-0.1, 1.0], [0.3, 0.8], [-1.0, -1.0]]), dim=1)
+    expected = []
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        positives = [j for j in others if labels[j] == labels[i]]
+        if positives:
+            log_denominator = math.log(sum(math.exp(float(z[i] @ z[j]) / 0.5) for j in others))
+            expected.append(-sum(float(z[i] @ z[j]) / 0.5 - log_denominator for j in positives) / len(positives))
+    scaled = torch.tensor([[1.0, 0.2], [0.9, 0.1], [-0.1, 1.0], [0.3, 0.8], [-1.0, -1.0]]) * 7  # cosine: any length
+    torch.testing.assert_close(supervised_contrastive_loss(scaled, labels, 0.5), torch.tensor(sum(expected) / 4))
+    # a class drawn together costs less than the same points with the classes apart
+    together = supervised_contrastive_loss(
+        torch.tensor([[1.0, 0], [1.0, 0.01], [0, 1.0], [0.01, 1.0]]), labels[:4], 0.1
+    )
+    apart = supervised_contrastive_loss(torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0.01], [0.01, 1.0]]), labels[:4], 0.1)
+    assert float(together) < 0.01 < 2 < float(apart)
+    # no clip with another of its class: no cost, and a finite gradient
+    lone = torch.randn(3, 4, requires_grad=True)
+    loss = supervised_contrastive_loss(lone, torch.tensor([0, 1, 2]), 0.1)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(lone.grad, torch.zeros(3, 4))
+    # the module adds it, weighted, to the labels' loss on the net's embedding of the same forward pass
+    for objective, reduction in (("sigmoid", "mean"), ("softmax", "sum")):
+        torch.manual_seed(0)
+        module = tiny_module(objective, contrastive_weight=0.3, contrastive_temperature=0.2, loss_reduction=reduction)
+        x, y = torch.rand(6, 32, 33), torch.tensor([0, 0, 2, 2, 4, 1])
+        loss = module.training_step((x, y), 0)
+        logits, embedding = module.net(x, return_embedding=True)
+        torch.testing.assert_close(logits, module(x))  # the same logits with the embedding as without
+        assert embedding.shape == (6, 8) and float(embedding.min()) < 0  # before the ReLU
+        label_loss = module._loss(logits, y if objective == "softmax" else F.one_hot(y, 5).float())
+        scale = 6 if reduction == "sum" else 1
+        torch.testing.assert_close(loss, label_loss + 0.3 * scale * supervised_contrastive_loss(embedding, y, 0.2))
+    for bad in ({"contrastive_weight": -1.0}, {"contrastive_weight": math.nan}, {"contrastive_temperature": 0.0}):
+        with pytest.raises(AmirError, match="contrastive_weight=.*contrastive_temperature="):
+            tiny_module(**bad)
+
+
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
     """A sigmoid model trained with batch mixing on a file with targets, the checkpoint chosen on val/lrap."""
@@ -462,6 +509,38 @@ def test_a_student_trains_on_its_teachers_scores_and_its_checkpoint_holds_only_i
     other_front_end.hparams.features["f_max"] = 8000.0
     with pytest.raises(AmirError, match=r"with features .*'f_max': 11025.0.* this run has .*'f_max': 8000.0"):
         other_front_end.load_teachers()
+
+
+def test_a_run_with_the_contrastive_loss_logs_it_in_its_loss_and_keeps_the_plain_nets_weights(
+    sigmoid_run, compose_cfg, tmp_path
+):
+    run, data, _ = sigmoid_run
+    base = [f"data.path={data}", "experiment=predominant", *FAST, "trainer.max_epochs=1", "logger=csv"]
+    losses = {}
+    for weight in (0.0, 2.0):
+        cfg = compose_cfg("train", [*base, f"module.contrastive_weight={weight}"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / f"w{weight}")
+        train(cfg)
+        with (tmp_path / f"w{weight}" / "csv" / "metrics.csv").open() as f:
+            losses[weight] = [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+        (ckpt,) = (tmp_path / f"w{weight}" / "checkpoints").glob("epoch*.ckpt")
+        model = load_checkpoint(ckpt)
+        assert model.hparams["contrastive_weight"] == weight
+        assert (
+            model.state_dict().keys()
+            == load_checkpoint(next((run / "checkpoints").glob("epoch*.ckpt"))).state_dict().keys()
+        )
+    assert losses[2.0][0] > losses[0.0][0]  # the same seed and batches, plus a positive term
+    with pytest.raises(AmirError, match="needs a net whose forward can return its embedding"):
+        AmirModule(**{**model.hparams, "net": {"_target_": f"{__name__}.NetWithoutEmbedding"}})
+
+
+class NetWithoutEmbedding(torch.nn.Linear):
+    """A net of the module's interface whose forward cannot return an embedding."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__(input_shape[0] * input_shape[1], num_classes)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch_export"])

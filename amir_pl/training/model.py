@@ -289,12 +289,21 @@ class SegalConvNet(nn.Module):
         """Fit the per-band statistics (``input_norm=band``) on training clips (clips, n_mels, frames)."""
         self.norm.fit(self.compress(x.float().unsqueeze(1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes)."""
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes);
+        with ``return_embedding``, also the FC layer's output before its ReLU (batch, fc_units), which
+        ``module.contrastive_weight`` pulls together for clips of one class (a keyword of forward, not a
+        second method, so that DDP and torch.compile see the one call)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
         x = self.harmonic_stack(self.norm(self.compress(x)))
-        return self.classifier(self.fc(self.time_pool(self.features(x))))
+        flatten, linear, *activation = self.fc
+        embedding = linear(flatten(self.time_pool(self.features(x))))
+        hidden = embedding.clone() if return_embedding else embedding  # the ReLU works in place
+        for layer in activation:  # the ReLU, and the fc site's dropout where there is one
+            hidden = layer(hidden)
+        logits = self.classifier(hidden)
+        return (logits, embedding) if return_embedding else logits
 
 
 def _thesis_init(module: nn.Module) -> None:

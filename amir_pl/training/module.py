@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import pickle
 import re
@@ -107,6 +108,22 @@ def pairwise_ranking_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     return torch.logsumexp(torch.cat([masked.new_zeros(len(masked), 1), masked], dim=1), dim=1)
 
 
+def supervised_contrastive_loss(embedding: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The supervised contrastive loss (Khosla et al., NeurIPS 2020, its "out" form) of a batch: per clip,
+    minus the mean over the other clips of its class of ``log softmax(cos(z_i, z_j) / temperature)`` over
+    all other clips, averaged over the clips that have another of their class (0 where none has). Clips of
+    one instrument from different recordings are drawn together, whatever their family."""
+    z = F.normalize(embedding.float(), dim=1)
+    similarity = (z @ z.T) / temperature
+    self_pairs = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = similarity - torch.logsumexp(similarity.masked_fill(self_pairs, float("-inf")), dim=1, keepdim=True)
+    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~self_pairs
+    count = positives.sum(dim=1)
+    per_clip = -(log_prob * positives).sum(dim=1) / count.clamp_min(1)
+    anchors = count > 0
+    return per_clip[anchors].sum() / anchors.sum().clamp_min(1)
+
+
 MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
 
 
@@ -196,6 +213,8 @@ class AmirModule(L.LightningModule):
         ranking_weight: float = 0.0,
         teachers: Sequence[str] = (),
         teacher_weight: float = 0.9,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.1,
     ):
         super().__init__()
         teachers = [str(path) for path in teachers or ()]
@@ -225,6 +244,11 @@ class AmirModule(L.LightningModule):
             raise AmirError(
                 f"module.ranking_weight={ranking_weight}: the pairwise ranking term is added to a sigmoid model's "
                 "loss; give module.objective=sigmoid and a finite weight >= 0 (0: off)"
+            )
+        if not (0.0 <= contrastive_weight < math.inf and 0.0 < contrastive_temperature < math.inf):
+            raise AmirError(
+                f"module.contrastive_weight={contrastive_weight}, contrastive_temperature={contrastive_temperature}: "
+                "give a finite weight >= 0 (0: off) and a temperature > 0 (0.1 is usual)"
             )
         if not 0.0 <= accompaniment_target <= 1.0:
             raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
@@ -256,6 +280,8 @@ class AmirModule(L.LightningModule):
                 "ranking_weight": ranking_weight,
                 "teachers": teachers,
                 "teacher_weight": teacher_weight,
+                "contrastive_weight": contrastive_weight,
+                "contrastive_temperature": contrastive_temperature,
             }
         )
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
@@ -267,6 +293,11 @@ class AmirModule(L.LightningModule):
         placed = {"features": dict(features)} if net.get("harmonics") else {}
         self.net = instantiate(net, input_shape=tuple(input_shape), num_classes=len(class_names), **placed)
         num_classes = len(class_names)
+        if contrastive_weight and "return_embedding" not in inspect.signature(self.net.forward).parameters:
+            raise AmirError(
+                f"module.contrastive_weight={contrastive_weight} needs a net whose forward can return its embedding "
+                f"(return_embedding=True, as SegalConvNet's); {net.get('_target_')} has none: set it to 0"
+            )
         # Training batches only (training_step); not part of the net, so never exported.
         self.augment = (
             instantiate(augment, scale=features["scale"], features=dict(features), num_classes=num_classes)
@@ -431,11 +462,19 @@ class AmirModule(L.LightningModule):
             # after that hook, so only here does it draw what the uninterrupted run drew.
             x, target = self.augment(x, target)
         # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
-        logits = self(x)
+        contrastive = self.hparams.get("contrastive_weight", 0.0)  # checkpoints from before the option: 0
+        if contrastive:
+            logits, embedding = self.net(x.float(), return_embedding=True)
+        else:
+            logits = self(x)
         loss = self._loss(logits, target, self.hparams.label_smoothing)
         if self._teachers:  # distillation: the teachers' scores of the same augmented batch, as soft targets
             weight = self.hparams.teacher_weight
             loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, self.teacher_scores(x))
+        if contrastive:  # the clip's own class (the loudest in a mix) names its positives
+            scale = len(y) if self.hparams.loss_reduction == "sum" else 1
+            temperature = self.hparams.contrastive_temperature
+            loss = loss + contrastive * scale * supervised_contrastive_loss(embedding, y, temperature)
         mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
