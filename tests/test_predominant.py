@@ -394,6 +394,15 @@ def test_the_contrastive_loss_draws_a_class_together_and_is_added_to_the_labels_
     loss = supervised_contrastive_loss(lone, torch.tensor([0, 1, 2]), 0.1)
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(lone.grad, torch.zeros(3, 4))
+    one = torch.randn(1, 4, requires_grad=True)
+    loss = supervised_contrastive_loss(one, torch.tensor([3]), 0.1)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(one.grad, torch.zeros(1, 4))
+    # float32 under bf16 autocast, as the fp32 value
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_autocast = supervised_contrastive_loss(scaled, labels, 0.5)
+    assert in_autocast.dtype == torch.float32
+    torch.testing.assert_close(in_autocast, supervised_contrastive_loss(scaled, labels, 0.5))
     # the module adds it, weighted, to the labels' loss on the net's embedding of the same forward pass
     for objective, reduction in (("sigmoid", "mean"), ("softmax", "sum")):
         torch.manual_seed(0)
@@ -408,7 +417,8 @@ def test_the_contrastive_loss_draws_a_class_together_and_is_added_to_the_labels_
         torch.testing.assert_close(loss, label_loss + 0.3 * scale * supervised_contrastive_loss(embedding, y, 0.2))
     for bad in ({"contrastive_weight": -1.0}, {"contrastive_weight": math.nan}, {"contrastive_temperature": 0.0}):
         with pytest.raises(AmirError, match="contrastive_weight=.*contrastive_temperature="):
-            tiny_module(**bad)
+            tiny_module(**{"contrastive_weight": 0.5, **bad})
+    tiny_module(contrastive_temperature=0.0)  # off: its temperature is not read
 
 
 @pytest.fixture(scope="module")

@@ -289,11 +289,13 @@ class SegalConvNet(nn.Module):
         """Fit the per-band statistics (``input_norm=band``) on training clips (clips, n_mels, frames)."""
         self.norm.fit(self.compress(x.float().unsqueeze(1)))
 
-    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+    def forward(
+        self, x: torch.Tensor, return_embedding: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``x``: (batch, n_mels, frames) or (batch, 1, n_mels, frames) -> logits (batch, classes);
         with ``return_embedding``, also the FC layer's output before its ReLU (batch, fc_units), which
         ``module.contrastive_weight`` pulls together for clips of one class (a keyword of forward, not a
-        second method, so that DDP and torch.compile see the one call)."""
+        second method, so that a compiled net, ``module.compile``, compiles this call too)."""
         if x.ndim == 3:
             x = x.unsqueeze(1)
         x = self.harmonic_stack(self.norm(self.compress(x)))

@@ -112,16 +112,19 @@ def supervised_contrastive_loss(embedding: torch.Tensor, labels: torch.Tensor, t
     """The supervised contrastive loss (Khosla et al., NeurIPS 2020, its "out" form) of a batch: per clip,
     minus the mean over the other clips of its class of ``log softmax(cos(z_i, z_j) / temperature)`` over
     all other clips, averaged over the clips that have another of their class (0 where none has). Clips of
-    one instrument from different recordings are drawn together, whatever their family."""
-    z = F.normalize(embedding.float(), dim=1)
-    similarity = (z @ z.T) / temperature
-    self_pairs = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    log_prob = similarity - torch.logsumexp(similarity.masked_fill(self_pairs, float("-inf")), dim=1, keepdim=True)
-    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~self_pairs
-    count = positives.sum(dim=1)
-    per_clip = -(log_prob * positives).sum(dim=1) / count.clamp_min(1)
-    anchors = count > 0
-    return per_clip[anchors].sum() / anchors.sum().clamp_min(1)
+    one instrument from different recordings are drawn together, whatever their family. In float32 under
+    autocast too, and without a boolean index (which would wait for the GPU every step)."""
+    with torch.autocast(embedding.device.type, enabled=False):
+        z = F.normalize(embedding.float(), dim=1)
+        similarity = (z @ z.T) / temperature
+        self_pairs = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        others = similarity.masked_fill(self_pairs, float("-inf"))
+        log_prob = similarity - torch.logsumexp(others, dim=1, keepdim=True)
+        positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~self_pairs
+        count = positives.sum(dim=1)
+        per_clip = -(log_prob * positives).sum(dim=1) / count.clamp_min(1)
+        anchors = count > 0  # torch.where, not a product: a lone clip's per_clip is NaN (inf x 0)
+        return torch.where(anchors, per_clip, 0.0).sum() / anchors.sum().clamp_min(1)
 
 
 MULTILABEL_LOGGED = ("multilabel_f1_micro", "multilabel_f1_macro", "lrap")  # val/<name>: a checkpoint monitor
@@ -245,7 +248,9 @@ class AmirModule(L.LightningModule):
                 f"module.ranking_weight={ranking_weight}: the pairwise ranking term is added to a sigmoid model's "
                 "loss; give module.objective=sigmoid and a finite weight >= 0 (0: off)"
             )
-        if not (0.0 <= contrastive_weight < math.inf and 0.0 < contrastive_temperature < math.inf):
+        if contrastive_weight and not (
+            0.0 < contrastive_weight < math.inf and 0.0 < contrastive_temperature < math.inf
+        ):
             raise AmirError(
                 f"module.contrastive_weight={contrastive_weight}, contrastive_temperature={contrastive_temperature}: "
                 "give a finite weight >= 0 (0: off) and a temperature > 0 (0.1 is usual)"
