@@ -476,11 +476,11 @@ class AmirModule(L.LightningModule):
         if self._teachers:  # distillation: the teachers' scores of the same augmented batch, as soft targets
             weight = self.hparams.teacher_weight
             loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, self.teacher_scores(x))
+        clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
         if contrastive:  # the clip's own class (the loudest in a mix) names its positives
-            scale = len(y) if self.hparams.loss_reduction == "sum" else 1
             temperature = self.hparams.contrastive_temperature
-            loss = loss + contrastive * scale * supervised_contrastive_loss(embedding, y, temperature)
-        mean_loss = loss.detach() / (len(y) if self.hparams.loss_reduction == "sum" else 1)
+            loss = loss + contrastive * clips_summed * supervised_contrastive_loss(embedding, y, temperature)
+        mean_loss = loss.detach() / clips_summed
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
         self.train_accuracy.update(logits.detach(), y)  # the clip's own class: the loudest in a mix
