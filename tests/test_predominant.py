@@ -421,6 +421,59 @@ def test_the_contrastive_loss_draws_a_class_together_and_is_added_to_the_labels_
     tiny_module(contrastive_temperature=0.0)  # off: its temperature is not read
 
 
+def test_sam_applies_the_gradient_taken_uphill_to_the_weights_as_they_were():
+    import copy
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    rho, lr = 0.05, 0.1
+    module = AmirModule(
+        net={"_target_": "amir_pl.training.model.SegalConvNet", "channels": 4, "fc_units": 8},
+        optimizer={"_target_": "torch.optim.SGD", "lr": lr},
+        class_names=TINY_CLASSES,
+        features=TINY_FEATURES.as_dict(),
+        input_shape=(32, 33),
+        objective="sigmoid",
+        sam_rho=rho,
+    )
+    assert not module.automatic_optimization
+    x, y = torch.rand(4, 32, 33), torch.tensor([0, 1, 2, 4])
+    by_hand = copy.deepcopy(module.net)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert trainer.global_step == 1  # one optimiser step for the two gradients
+    # by hand: the gradient at w + rho g / |g|, applied at w
+    params = list(by_hand.parameters())
+    target = F.one_hot(y, 5).float()
+
+    def gradient():
+        for p in params:
+            p.grad = None
+        F.binary_cross_entropy_with_logits(by_hand(x), target, reduction="none").sum(1).mean().backward()
+        return [p.grad.clone() for p in params]
+
+    first = gradient()
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in first]))
+    with torch.no_grad():
+        for p, g in zip(params, first):
+            p.add_(rho * g / norm)
+    second = gradient()
+    with torch.no_grad():
+        for p, g, g2 in zip(params, first, second):
+            p.sub_(rho * g / norm).sub_(lr * g2)
+    for mine, theirs in zip(module.net.parameters(), params):
+        torch.testing.assert_close(mine, theirs)
+    assert any(not torch.allclose(g, g2) for g, g2 in zip(first, second))  # uphill is not where it started
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(AmirError, match=f"module.sam_rho={bad}"):
+            tiny_module(sam_rho=bad)
+
+
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
     """A sigmoid model trained with batch mixing on a file with targets, the checkpoint chosen on val/lrap."""
@@ -544,6 +597,31 @@ def test_a_run_with_the_contrastive_loss_logs_it_in_its_loss_and_keeps_the_plain
     assert losses[2.0][0] > losses[0.0][0]  # the same seed and batches, plus a positive term
     with pytest.raises(AmirError, match="needs a net whose forward can return its embedding"):
         AmirModule(**{**model.hparams, "net": {"_target_": f"{__name__}.NetWithoutEmbedding"}})
+
+
+def test_a_run_with_sam_steps_once_a_batch_and_its_schedule_once_an_epoch_and_refuses_clipping(
+    sigmoid_run, compose_cfg, tmp_path
+):
+    _, data, _ = sigmoid_run
+    base = [f"data.path={data}", "experiment=predominant", *FAST, "trainer.max_epochs=2", "logger=csv"]
+    cfg = compose_cfg("train", [*base, "module.sam_rho=0.05"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "sam")
+    train(cfg)
+    checkpoint = torch.load(tmp_path / "sam" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    with h5py.File(data) as f:
+        batches = math.ceil(len(f["train"]["y"]) / 16)
+    assert checkpoint["global_step"] == 2 * batches and checkpoint["hyper_parameters"]["sam_rho"] == 0.05
+    (scheduler,) = checkpoint["lr_schedulers"]
+    assert scheduler["last_epoch"] == 2  # the cosine schedule stepped at the end of each epoch, as without SAM
+    for option, fix in (
+        ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=null"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=1"),
+    ):
+        with pytest.raises(
+            AmirError, match=f"module.sam_rho with {option.lstrip('+')}: .*set {fix} or module.sam_rho=0"
+        ):
+            train(compose_cfg("train", [*base, "module.sam_rho=0.05", option]))
 
 
 class NetWithoutEmbedding(torch.nn.Linear):

@@ -218,6 +218,7 @@ class AmirModule(L.LightningModule):
         teacher_weight: float = 0.9,
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.1,
+        sam_rho: float = 0.0,
     ):
         super().__init__()
         teachers = [str(path) for path in teachers or ()]
@@ -255,6 +256,11 @@ class AmirModule(L.LightningModule):
                 f"module.contrastive_weight={contrastive_weight}, contrastive_temperature={contrastive_temperature}: "
                 "give a finite weight >= 0 (0: off) and a temperature > 0 (0.1 is usual)"
             )
+        if not 0.0 <= sam_rho < math.inf:
+            raise AmirError(
+                f"module.sam_rho={sam_rho}: the radius of sharpness-aware minimisation; give a finite value >= 0 "
+                "(0: off; 0.05 is usual)"
+            )
         if not 0.0 <= accompaniment_target <= 1.0:
             raise AmirError(f"module.accompaniment_target={accompaniment_target!r}: give a target in [0, 1]")
         if loss_reduction not in ("mean", "sum"):
@@ -287,8 +293,11 @@ class AmirModule(L.LightningModule):
                 "teacher_weight": teacher_weight,
                 "contrastive_weight": contrastive_weight,
                 "contrastive_temperature": contrastive_temperature,
+                "sam_rho": sam_rho,
             }
         )
+        # SAM takes two gradients of each batch before one optimiser step: Lightning's manual optimisation.
+        self.automatic_optimization = not sam_rho
         # Speed options, not part of the model: left out of the hyperparameters, so a checkpoint
         # loads the same whatever they were during training.
         self.channels_last = channels_last
@@ -466,20 +475,12 @@ class AmirModule(L.LightningModule):
             # restores its RNG states in on_train_batch_start (fault_tolerance.RNGState), which comes
             # after that hook, so only here does it draw what the uninterrupted run drew.
             x, target = self.augment(x, target)
-        # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
-        contrastive = self.hparams.get("contrastive_weight", 0.0)  # checkpoints from before the option: 0
-        if contrastive:
-            logits, embedding = self.net(x.float(), return_embedding=True)
-        else:
-            logits = self(x)
-        loss = self._loss(logits, target, self.hparams.label_smoothing)
-        if self._teachers:  # distillation: the teachers' scores of the same augmented batch, as soft targets
-            weight = self.hparams.teacher_weight
-            loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, self.teacher_scores(x))
+        # distillation: the teachers' scores of the same augmented batch, as soft targets
+        teacher_scores = self.teacher_scores(x) if self._teachers else None
+        loss, logits = self._training_loss(x, y, target, teacher_scores)
+        if not self.automatic_optimization:
+            self._sam_step(loss, lambda: self._training_loss(x, y, target, teacher_scores)[0])
         clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
-        if contrastive:  # the clip's own class (the loudest in a mix) names its positives
-            temperature = self.hparams.contrastive_temperature
-            loss = loss + contrastive * clips_summed * supervised_contrastive_loss(embedding, y, temperature)
         mean_loss = loss.detach() / clips_summed
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
@@ -489,7 +490,48 @@ class AmirModule(L.LightningModule):
         self.log("train/loss_step", loss.detach(), batch_size=len(y))
         return loss
 
+    def _training_loss(self, x, y, target, teacher_scores) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of the (augmented) batch and its logits."""
+        # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
+        contrastive = self.hparams.get("contrastive_weight", 0.0)  # checkpoints from before the option: 0
+        if contrastive:
+            logits, embedding = self.net(x.float(), return_embedding=True)
+        else:
+            logits = self(x)
+        loss = self._loss(logits, target, self.hparams.label_smoothing)
+        if teacher_scores is not None:
+            weight = self.hparams.teacher_weight
+            loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, teacher_scores)
+        if contrastive:  # the clip's own class (the loudest in a mix) names its positives
+            clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
+            temperature = self.hparams.contrastive_temperature
+            loss = loss + contrastive * clips_summed * supervised_contrastive_loss(embedding, y, temperature)
+        return loss, logits
+
+    def _sam_step(self, loss: torch.Tensor, loss_again) -> None:
+        """One step of sharpness-aware minimisation (Foret et al., ICLR 2021): the weights move by
+        ``sam_rho`` along the batch's gradient, the gradient of the same batch is taken there
+        (``loss_again``), and the optimiser applies it to the weights as they were. Seeks weights whose
+        whole neighbourhood has a low loss, which generalise better to data unlike the training set's."""
+        optimizer = self.optimizers()
+        self.manual_backward(loss)
+        params = [p for p in self.parameters() if p.grad is not None]
+        with torch.no_grad():
+            scale = self.hparams.sam_rho / (torch.nn.utils.get_total_norm([p.grad for p in params]) + 1e-12)
+            ascent = [p.grad * scale for p in params]
+            for param, step in zip(params, ascent):
+                param.add_(step)
+        optimizer.zero_grad()
+        self.manual_backward(loss_again())
+        with torch.no_grad():
+            for param, step in zip(params, ascent):
+                param.sub_(step)
+        optimizer.step()
+        optimizer.zero_grad()
+
     def on_train_epoch_end(self):
+        if not self.automatic_optimization and (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()  # what Lightning does at the end of each epoch for an interval "epoch" scheduler
         # Synced by torchmetrics' compute(): no sync_dist (see _end_eval_epoch).
         self.log("train/loss", self.train_loss.compute())
         self.log("train/top1_error", 1 - self.train_accuracy.compute())

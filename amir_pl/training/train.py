@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from amir_pl.core.errors import AmirError
 from amir_pl.core.files import warn_if_short_of_space
 from amir_pl.training.cluster import check_launch, cluster_plugins
 from amir_pl.training.data import H5DataModule
@@ -64,9 +65,27 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     return checkpoint
 
 
+def _check_sam(cfg: DictConfig) -> None:
+    """SAM steps the optimiser itself (Lightning's manual optimisation), where Lightning neither clips
+    gradients nor accumulates them: refuse those beside it, naming the options."""
+    if not (cfg.get("module") or {}).get("sam_rho"):
+        return
+    for option, value, off in (
+        ("gradient_clip_val", cfg.trainer.get("gradient_clip_val") or None, None),
+        ("accumulate_grad_batches", cfg.trainer.get("accumulate_grad_batches", 1), 1),
+    ):
+        if value != off:
+            raise AmirError(
+                f"module.sam_rho with trainer.{option}={value}: sharpness-aware minimisation steps the optimiser "
+                f"itself, where Lightning does not apply {option}; set trainer.{option}={'null' if off is None else off} "
+                "or module.sam_rho=0"
+            )
+
+
 def build_module(cfg: DictConfig, datamodule: H5DataModule) -> AmirModule:
     """The LightningModule amir-train fits for ``cfg`` on ``datamodule``'s file (amir-bench times the same)."""
     info = datamodule.info
+    _check_sam(cfg)
     options = dict(cfg.get("module") or {})
     if options.get("teachers"):  # recorded as absolute paths: hydra.job.chdir is false, so relative is to here
         options["teachers"] = [str(Path(path).expanduser().resolve()) for path in options["teachers"]]
