@@ -286,3 +286,26 @@ def test_checkpoints_are_written_once_beside_their_target(compose_cfg, tiny_h5, 
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [next(folder.glob("epoch*.ckpt")).name, "last.ckpt"]
     )  # no temporary file left
+
+
+@pytest.mark.slow
+def test_a_sam_run_resumed_from_an_epochs_last_step_equals_the_uninterrupted_one(tiny_h5, tmp_path):
+    """With module.sam_rho (manual optimisation) the schedule is stepped where Lightning steps it, so a
+    checkpoint saved at an epoch's last step (step 15: the every-3-steps save) holds that epoch's step."""
+    sam = ["module.sam_rho=0.05", "scheduler=cosine"]
+    reference_root = tmp_path / "reference"
+    assert _train(tiny_h5, reference_root, *sam).returncode == 0
+    root = tmp_path / "outputs"
+    assert _train(tiny_h5, root, *sam, crash_at=16).returncode == -signal.SIGKILL
+    assert _last(root)["global_step"] == 15
+    (run_dir,) = root.glob("train/*")
+    switched = _train(tiny_h5, root, "module.sam_rho=0", "scheduler=cosine", f"resume={run_dir}")
+    assert switched.returncode == 2 and "Traceback" not in switched.stderr
+    assert "module.sam_rho=0.05, this run has module.sam_rho=0" in switched.stderr
+    resumed = _train(tiny_h5, root, *sam, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = _last(reference_root)
+    _assert_same_training(_last(root), reference)
+    assert (
+        _last(root)["lr_schedulers"] == reference["lr_schedulers"] and reference["lr_schedulers"][0]["last_epoch"] == 4
+    )

@@ -440,7 +440,7 @@ def test_sam_applies_the_gradient_taken_uphill_to_the_weights_as_they_were():
     )
     assert not module.automatic_optimization
     x, y = torch.rand(4, 32, 33), torch.tensor([0, 1, 2, 4])
-    by_hand = copy.deepcopy(module.net)
+    by_hand, start = copy.deepcopy(module.net), copy.deepcopy(module.net)
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
@@ -468,6 +468,13 @@ def test_sam_applies_the_gradient_taken_uphill_to_the_weights_as_they_were():
             p.sub_(rho * g / norm).sub_(lr * g2)
     for mine, theirs in zip(module.net.parameters(), params):
         torch.testing.assert_close(mine, theirs)
+    # the input BatchNorm's running statistics moved once, by the first pass, not again by the second
+    once = copy.deepcopy(start)
+    with torch.no_grad():
+        once(x)
+    for name in ("norm.running_mean", "norm.running_var"):
+        torch.testing.assert_close(module.net.get_buffer(name), once.get_buffer(name))
+    assert module.net.norm.momentum == start.norm.momentum  # restored after the second pass
     assert any(not torch.allclose(g, g2) for g, g2 in zip(first, second))  # uphill is not where it started
     for bad in (-0.1, math.inf, math.nan):
         with pytest.raises(AmirError, match=f"module.sam_rho={bad}"):

@@ -39,6 +39,9 @@ warnings.filterwarnings(
     message=r"It is recommended to use `self\.log\('(train|val|test|eval_[^/']*)/(loss|top1_error|f1_macro|multilabel_f1_micro|multilabel_f1_macro|lrap)'",
     category=PossibleUserWarning,
 )
+# With module.sam_rho (manual optimisation) ModelCheckpoint warns that a step-triggered checkpoint holds the
+# weights after that step's update: that is the state a resumed run must continue from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -394,6 +397,13 @@ class AmirModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_precision = checkpoint.get("amir_precision")
+        saved = (checkpoint.get("hyper_parameters") or {}).get("sam_rho", 0.0)
+        if bool(saved) != bool(self.hparams.get("sam_rho", 0.0)):  # Lightning counts the steps of each mode apart
+            raise AmirError(
+                f"resume: the checkpoint was trained with module.sam_rho={saved}, this run has "
+                f"module.sam_rho={self.hparams.sam_rho}; SAM cannot be switched on or off in a resumed run: "
+                f"resume with module.sam_rho={saved}, or start a new run"
+            )
 
     def configure_model(self) -> None:
         """``channels_last`` (NHWC convolutions: faster with cuDNN and on CPUs) and ``compile``
@@ -480,6 +490,11 @@ class AmirModule(L.LightningModule):
         loss, logits = self._training_loss(x, y, target, teacher_scores)
         if not self.automatic_optimization:
             self._sam_step(loss, lambda: self._training_loss(x, y, target, teacher_scores)[0])
+            # where Lightning steps an "epoch" scheduler: after the epoch's last optimiser step, before that
+            # batch's callbacks, so a checkpoint saved at that step holds the stepped schedule
+            last_batch = self.trainer.is_last_batch or batch_idx + 1 == self.trainer.num_training_batches
+            if last_batch and (scheduler := self.lr_schedulers()) is not None:
+                scheduler.step()
         clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
         mean_loss = loss.detach() / clips_summed
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
@@ -511,27 +526,36 @@ class AmirModule(L.LightningModule):
     def _sam_step(self, loss: torch.Tensor, loss_again) -> None:
         """One step of sharpness-aware minimisation (Foret et al., ICLR 2021): the weights move by
         ``sam_rho`` along the batch's gradient, the gradient of the same batch is taken there
-        (``loss_again``), and the optimiser applies it to the weights as they were. Seeks weights whose
-        whole neighbourhood has a low loss, which generalise better to data unlike the training set's."""
+        (``loss_again``), and the optimiser applies it to the weights as they were (copied back, not
+        subtracted: exact in any precision). Seeks weights whose whole neighbourhood has a low loss,
+        which generalise better to data unlike the training set's. BatchNorm running statistics are
+        updated by the first pass only; dropout draws its masks afresh in the second."""
         optimizer = self.optimizers()
         self.manual_backward(loss)
         params = [p for p in self.parameters() if p.grad is not None]
         with torch.no_grad():
-            scale = self.hparams.sam_rho / (torch.nn.utils.get_total_norm([p.grad for p in params]) + 1e-12)
-            ascent = [p.grad * scale for p in params]
-            for param, step in zip(params, ascent):
-                param.add_(step)
+            weights = [p.detach().clone() for p in params]
+            grads = [p.grad for p in params]
+            scale = self.hparams.sam_rho / (torch.nn.utils.get_total_norm(grads) + 1e-12)
+            for param, grad in zip(params, grads):
+                param.add_(grad * scale)
         optimizer.zero_grad()
-        self.manual_backward(loss_again())
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:  # momentum 0: the running mean and variance stay as the first pass left them
+            norm.momentum = 0.0
+        try:
+            self.manual_backward(loss_again())
+        finally:
+            for norm, momentum in zip(norms, momenta):
+                norm.momentum = momentum
         with torch.no_grad():
-            for param, step in zip(params, ascent):
-                param.sub_(step)
+            for param, weight in zip(params, weights):
+                param.copy_(weight)
         optimizer.step()
         optimizer.zero_grad()
 
     def on_train_epoch_end(self):
-        if not self.automatic_optimization and (scheduler := self.lr_schedulers()) is not None:
-            scheduler.step()  # what Lightning does at the end of each epoch for an interval "epoch" scheduler
         # Synced by torchmetrics' compute(): no sync_dist (see _end_eval_epoch).
         self.log("train/loss", self.train_loss.compute())
         self.log("train/top1_error", 1 - self.train_accuracy.compute())
