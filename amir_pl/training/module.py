@@ -487,15 +487,15 @@ class AmirModule(L.LightningModule):
             x, target = self.augment(x, target)
         # distillation: the teachers' scores of the same augmented batch, as soft targets
         teacher_scores = self.teacher_scores(x) if self._teachers else None
-        loss, logits = self._training_loss(x, y, target, teacher_scores)
+        clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
+        loss, logits = self._training_loss(x, y, target, teacher_scores, clips_summed)
         if not self.automatic_optimization:
-            self._sam_step(loss, lambda: self._training_loss(x, y, target, teacher_scores)[0])
+            self._sam_step(loss, lambda: self._training_loss(x, y, target, teacher_scores, clips_summed)[0])
             # where Lightning steps an "epoch" scheduler: after the epoch's last optimiser step, before that
             # batch's callbacks, so a checkpoint saved at that step holds the stepped schedule
             last_batch = self.trainer.is_last_batch or batch_idx + 1 == self.trainer.num_training_batches
             if last_batch and (scheduler := self.lr_schedulers()) is not None:
                 scheduler.step()
-        clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
         mean_loss = loss.detach() / clips_summed
         # One value per clip (weights are ignored with nan_strategy="disable"): the epoch mean is per clip.
         self.train_loss.update(mean_loss.expand(len(y)))
@@ -505,8 +505,9 @@ class AmirModule(L.LightningModule):
         self.log("train/loss_step", loss.detach(), batch_size=len(y))
         return loss
 
-    def _training_loss(self, x, y, target, teacher_scores) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss of the (augmented) batch and its logits."""
+    def _training_loss(self, x, y, target, teacher_scores, clips_summed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of the (augmented) batch and its logits; ``clips_summed`` scales the per-clip mean
+        contrastive term to the labels' loss (the batch size where that is summed, else 1)."""
         # Label smoothing is a training target only: validation and test losses are plain cross-entropy.
         contrastive = self.hparams.get("contrastive_weight", 0.0)  # checkpoints from before the option: 0
         if contrastive:
@@ -518,7 +519,6 @@ class AmirModule(L.LightningModule):
             weight = self.hparams.teacher_weight
             loss = (1 - weight) * loss + weight * self._soft_target_loss(logits, teacher_scores)
         if contrastive:  # the clip's own class (the loudest in a mix) names its positives
-            clips_summed = len(y) if self.hparams.loss_reduction == "sum" else 1
             temperature = self.hparams.contrastive_temperature
             loss = loss + contrastive * clips_summed * supervised_contrastive_loss(embedding, y, temperature)
         return loss, logits
